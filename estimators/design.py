@@ -1,0 +1,156 @@
+"""From a validated panel to the arrays the fixed-effects kernels use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .fe import Dof, within_balanced, within_general
+from .panel import COHORT, D, TIME, UNIT, PanelError, check_panel
+
+
+@dataclass(frozen=True)
+class FEArrays:
+    """A panel's outcome, regressors and index codes, ready for the within transform.
+
+    Rows are in the panel's order unless the panel was balanced and unsorted, in which case
+    they are sorted unit-major (``order`` maps back).
+    """
+
+    y: np.ndarray
+    x: np.ndarray
+    names: tuple[str, ...]
+    unit: np.ndarray
+    time: np.ndarray
+    n_units: int
+    n_periods: int
+    balanced: bool
+    clusters: np.ndarray | None
+    n_clusters: int
+    weights: np.ndarray | None
+
+    def within(self) -> tuple[np.ndarray, np.ndarray]:
+        """Residualise outcome and regressors on unit and period effects."""
+        z = np.column_stack([self.y, self.x])
+        if self.balanced and self.weights is None:
+            zt = within_balanced(z, self.n_units, self.n_periods)
+        else:
+            zt = within_general(z, self.unit, self.time, self.n_units, self.n_periods, self.weights)
+        return zt[:, 0], zt[:, 1:]
+
+    def dof(self, k: int) -> Dof:
+        unit_nested = time_nested = False
+        if self.clusters is self.unit:
+            unit_nested = True
+            time_nested = self.n_periods == 1
+        elif self.clusters is not None:
+            unit_nested = _nested(self.unit, self.clusters, self.n_units)
+            time_nested = _nested(self.time, self.clusters, self.n_periods)
+        return Dof(
+            n_obs=self.y.shape[0],
+            k=k,
+            n_units=self.n_units,
+            n_periods=self.n_periods,
+            n_clusters=self.n_clusters,
+            unit_nested=unit_nested,
+            time_nested=time_nested,
+        )
+
+
+def _nested(codes: np.ndarray, clusters: np.ndarray, n_codes: int) -> bool:
+    """True if every level of ``codes`` lies inside a single cluster."""
+    first = np.empty(n_codes, dtype=clusters.dtype)
+    first[codes] = clusters
+    return bool(np.array_equal(first[codes], clusters))
+
+
+def codes_of(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Integer codes 0..n-1 of a column (sorted levels)."""
+    uniq, inv = np.unique(values, return_inverse=True)
+    return inv.astype(np.intp), int(uniq.size)
+
+
+def fe_arrays(
+    panel: pd.DataFrame,
+    outcome: str,
+    regressors: Sequence[str],
+    *,
+    cluster: str | None = UNIT,
+    weights: str | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+    validate: bool = True,
+) -> FEArrays:
+    """Pull the arrays of a fixed-effects regression out of a panel.
+
+    ``extra`` supplies regressors computed by the caller (event-time dummies), appended after
+    the panel columns named in ``regressors``.
+    """
+    if validate:
+        _, unit, time, arrays = check_panel(panel, outcomes=(outcome,), covariates=tuple(regressors))
+        n_units, n_periods = int(unit.max()) + 1, int(time.max()) + 1
+    else:
+        unit, n_units = codes_of(panel[UNIT].to_numpy())
+        time, n_periods = codes_of(panel[TIME].to_numpy())
+        arrays = {}
+
+    def column(name: str) -> np.ndarray:
+        got = arrays.get(name)
+        return got if got is not None else panel[name].to_numpy(dtype=float)
+
+    if cluster is not None and cluster not in panel.columns:
+        raise PanelError(
+            f"cluster column {cluster!r} is not in the panel; columns: {list(panel.columns)[:20]}"
+        )
+    n = len(panel)
+    balanced = n == n_units * n_periods
+    cols = [column(c) for c in regressors]
+    names = list(regressors)
+    if extra:
+        cols.extend(np.asarray(v, dtype=float) for v in extra.values())
+        names.extend(extra.keys())
+    x = np.column_stack(cols) if cols else np.empty((n, 0))
+    y = column(outcome)
+    if cluster is None:
+        clusters, n_clusters = None, 0
+    elif cluster == UNIT:
+        clusters, n_clusters = unit, n_units
+    else:
+        clusters, n_clusters = codes_of(panel[cluster].to_numpy())
+    w = None
+    if weights is not None:
+        if weights not in panel.columns:
+            raise PanelError(f"weights column {weights!r} is not in the panel")
+        w = panel[weights].to_numpy(dtype=float)
+        if (w < 0).any() or not np.isfinite(w).all():
+            raise PanelError(f"weights column {weights!r} must be finite and non-negative")
+        keep = w > 0
+        if not keep.all():  # zero-weight rows carry no information; drop them so counts are honest
+            return fe_arrays(
+                panel.loc[keep], outcome, regressors, cluster=cluster, weights=weights,
+                extra={k: np.asarray(v)[keep] for k, v in (extra or {}).items()}, validate=False,
+            )
+    if balanced and w is None:
+        key = unit * n_periods + time
+        if not np.all(key[1:] > key[:-1]):
+            order = np.argsort(key, kind="stable")
+            y, x, unit, time = y[order], x[order], unit[order], time[order]
+            if cluster == UNIT:
+                clusters = unit  # identity lets Dof see at once that units nest in clusters
+            elif clusters is not None:
+                clusters = clusters[order]
+    return FEArrays(y, x, tuple(names), unit, time, n_units, n_periods, balanced,
+                    clusters, n_clusters, w)
+
+
+def event_time(panel: pd.DataFrame) -> np.ndarray:
+    """Periods since treatment (``time - cohort``); NaN for never-treated units."""
+    cohort = panel[COHORT].to_numpy(dtype=float)
+    rel = panel[TIME].to_numpy(dtype=float) - cohort
+    rel[cohort == 0] = np.nan
+    return rel
+
+
+__all__ = ["FEArrays", "fe_arrays", "codes_of", "event_time", "D"]

@@ -1,0 +1,176 @@
+"""Event study: leads and lags of treatment in a two-way fixed-effects regression."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import special
+
+from .design import event_time, fe_arrays
+from .panel import UNIT, EstimationError, OptionError, check_panel
+from .result import Estimate, critical_value, p_value
+from .twfe import check_inference_options, describe_inference, fit_fe
+
+
+def event_dummies(
+    rel: np.ndarray, leads: int, lags: int, ref: int, bin_endpoints: bool
+) -> tuple[dict[str, np.ndarray], list[int], np.ndarray]:
+    """Event-time indicator columns for a window ``[-leads, lags]`` without ``ref``.
+
+    Parameters
+    ----------
+    rel
+        Periods since treatment per row (NaN for never-treated units).
+    bin_endpoints
+        If True the end dummies absorb everything beyond them (``k <= -leads`` and
+        ``k >= lags``); if False rows of treated units outside the window are flagged for
+        removal (``keep`` False) so that they do not silently join the reference period.
+
+    Returns
+    -------
+    columns, event_times, keep
+    """
+    k = np.where(np.isnan(rel), np.nan, rel)
+    keep = np.ones(rel.shape[0], dtype=bool)
+    if bin_endpoints:
+        k = np.clip(k, -leads, lags)
+    else:
+        outside = ~np.isnan(k) & ((k < -leads) | (k > lags))
+        keep &= ~outside
+    times = [e for e in range(-leads, lags + 1) if e != ref]
+    cols = {f"ev{e:+d}": (k == e).astype(float) for e in times}
+    return cols, times, keep
+
+
+@dataclass(frozen=True)
+class EventStudy:
+    """Dynamic two-way fixed-effects regression (event study).
+
+    ``y_it = a_i + l_t + sum_{k != ref} b_k 1[t - g_i = k] + x_it'c + e_it``
+
+    Parameters
+    ----------
+    outcome, controls
+        Outcome and covariate columns.
+    leads, lags
+        Window ``[-leads, lags]`` of event times; ``None`` uses every observed event time
+        (then nothing is binned).
+    ref
+        Omitted reference event time (default -1, the period before treatment).
+    bin_endpoints
+        Bin event times beyond the window into the end dummies (default) or drop those
+        treated observations.
+    cluster, se, ssc, dist, alpha
+        Inference, as in :class:`estimators.twfe.TWFE`.
+
+    Notes
+    -----
+    Headline ``ATT_post`` is the equally weighted mean of the post-period coefficients
+    ``b_0 .. b_lags``. The pre-trend test is the joint Wald test that every pre-period
+    coefficient is zero: ``W = b' V^{-1} b / q`` against F(q, G-1) with clustered SEs and
+    ``dist="t"`` (Stata's ``test`` after ``xtreg``), chi2(q)/q otherwise. Works with a
+    common date and with staggered dates; with staggered dates and heterogeneous effects the
+    coefficients mix cohorts with possibly negative weights (Sun and Abraham 2021).
+    """
+
+    outcome: str
+    controls: Sequence[str] = ()
+    leads: int | None = 5
+    lags: int | None = 5
+    ref: int = -1
+    bin_endpoints: bool = True
+    cluster: str | None = UNIT
+    se: str = "cluster"
+    ssc: str = "stata"
+    dist: str = "t"
+    alpha: float = 0.05
+    label: str = "event_study"
+
+    def fit(self, panel: pd.DataFrame) -> Estimate:
+        cluster = self.cluster if self.se == "cluster" else None
+        check_inference_options(self.se, self.ssc, self.dist, cluster, self.alpha)
+        for name, v in (("leads", self.leads), ("lags", self.lags)):
+            if v is not None and (not isinstance(v, (int, np.integer)) or v < 0):
+                raise OptionError(f"{name}={v!r} must be a non-negative integer or None")
+        check_panel(panel, (self.outcome,), tuple(self.controls))
+        rel = event_time(panel)
+        observed = rel[~np.isnan(rel)]
+        leads = int(-observed.min()) if self.leads is None else int(self.leads)
+        lags = int(observed.max()) if self.lags is None else int(self.lags)
+        if not -leads <= self.ref <= lags:
+            raise OptionError(f"ref={self.ref} lies outside the event window [-{leads}, {lags}]")
+        if self.ref >= 0:
+            raise OptionError(f"ref={self.ref} must be a pre-treatment event time (negative)")
+        cols, times, keep = event_dummies(rel, leads, lags, self.ref, self.bin_endpoints)
+        notes: list[str] = []
+        data = panel
+        if not keep.all():
+            data = panel.loc[keep]
+            cols = {k: v[keep] for k, v in cols.items()}
+            notes.append(f"{int((~keep).sum())} treated observations outside the window "
+                         f"[-{leads}, {lags}] dropped (bin_endpoints=False)")
+        arrays = fe_arrays(data, self.outcome, tuple(self.controls), cluster=cluster,
+                           extra=cols, validate=not keep.all())
+        # put the event dummies first so that collinearity drops controls, not event times
+        k_c = len(self.controls)
+        order = list(range(k_c, arrays.x.shape[1])) + list(range(k_c))
+        arrays = type(arrays)(**{**arrays.__dict__, "x": arrays.x[:, order],
+                                 "names": tuple(arrays.names[i] for i in order)})
+        res = fit_fe(arrays, self.se, self.ssc, self.dist)
+        terms = res.terms(self.alpha)
+        n_ev = len(times)
+        terms["event_time"] = np.r_[np.asarray(times, dtype=float), np.full(k_c, np.nan)]
+        binned = np.zeros(len(terms), dtype=bool)
+        if self.bin_endpoints and self.leads is not None:
+            binned[:n_ev] |= np.asarray(times) == -leads
+        if self.bin_endpoints and self.lags is not None:
+            binned[:n_ev] |= np.asarray(times) == lags
+        terms["binned"] = binned
+        notes.extend(f"{n} not identified: {r}" for n, r in zip(res.names, res.fit.reasons) if r)
+
+        ids = res.identified
+        ev_names = [f"ev{e:+d}" for e in times]
+        post = [n for n, e in zip(ev_names, times) if e >= 0 and n in ids]
+        pre = [n for n, e in zip(ev_names, times) if e < 0 and n in ids]
+        if not post:
+            raise EstimationError("no post-treatment event time is identified")
+        coef = res.fit.coef
+        w = np.zeros(len(ids))
+        w[[ids.index(n) for n in post]] = 1.0 / len(post)
+        est = float(w @ coef)
+        se = float(np.sqrt(w @ res.cov @ w))
+        crit = critical_value(self.alpha, res.df)
+        diagnostics: dict[str, float] = {"n_pre_terms": float(len(pre))}
+        if pre:
+            idx = [ids.index(n) for n in pre]
+            b = coef[idx]
+            v = res.cov[np.ix_(idx, idx)]
+            q = len(idx)
+            wald = float(b @ np.linalg.solve(v, b)) / q
+            if res.df is None:
+                p = float(special.chdtrc(q, wald * q))
+            else:
+                p = float(special.fdtrc(q, res.df, wald))
+            diagnostics.update({"pretrend_F": wald, "pretrend_p": p, "pretrend_df1": float(q)})
+        else:
+            notes.append("no pre-period coefficient: the pre-trend test is not available")
+        return Estimate(
+            estimator=self.label,
+            term="ATT_post",
+            estimate=est,
+            std_error=se,
+            p_value=float(p_value(est / se, res.df)) if se > 0 else float("nan"),
+            conf_low=est - crit * se,
+            conf_high=est + crit * se,
+            alpha=self.alpha,
+            n_obs=res.dof.n_obs,
+            n_units=res.dof.n_units,
+            n_clusters=res.dof.n_clusters,
+            inference=describe_inference(self.se, self.ssc, self.dist, cluster, res.df),
+            terms=terms,
+            diagnostics=diagnostics,
+            notes=tuple(notes),
+        )
