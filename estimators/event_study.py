@@ -89,21 +89,46 @@ class EventStudy:
     alpha: float = 0.05
     label: str = "event_study"
 
-    def fit(self, panel: pd.DataFrame) -> Estimate:
-        cluster = self.cluster if self.se == "cluster" else None
-        check_inference_options(self.se, self.ssc, self.dist, cluster, self.alpha)
+    def _window(self, panel: pd.DataFrame) -> tuple[np.ndarray, int, int]:
         for name, v in (("leads", self.leads), ("lags", self.lags)):
             if v is not None and (not isinstance(v, (int, np.integer)) or v < 0):
                 raise OptionError(f"{name}={v!r} must be a non-negative integer or None")
-        check_panel(panel, (self.outcome,), tuple(self.controls))
         rel = event_time(panel)
         observed = rel[~np.isnan(rel)]
+        if observed.size == 0:
+            raise EstimationError("no treated unit: the event study has no event time")
         leads = int(-observed.min()) if self.leads is None else int(self.leads)
         lags = int(observed.max()) if self.lags is None else int(self.lags)
-        if not -leads <= self.ref <= lags:
-            raise OptionError(f"ref={self.ref} lies outside the event window [-{leads}, {lags}]")
         if self.ref >= 0:
             raise OptionError(f"ref={self.ref} must be a pre-treatment event time (negative)")
+        if not -leads <= self.ref <= lags:
+            raise OptionError(f"ref={self.ref} lies outside the event window [-{leads}, {lags}]")
+        return rel, leads, lags
+
+    def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
+        """True values on a simulated panel: for each event-time term, the mean effect over
+        treated observations in that (binned) event time minus the same at ``ref``; for
+        ``ATT_post``, the equally weighted mean of the post terms."""
+        rel, leads, lags = self._window(panel)
+        te = panel[f"te_{self.outcome}"].to_numpy()
+        k = np.clip(rel, -leads, lags) if self.bin_endpoints else rel
+        observed = ~np.isnan(k)
+
+        def mean_at(e: int) -> float:
+            m = observed & (k == e)
+            return float(te[m].mean()) if m.any() else float("nan")
+
+        base = mean_at(self.ref)
+        out = {f"ev{e:+d}": mean_at(e) - base for e in range(-leads, lags + 1) if e != self.ref}
+        post = [out[f"ev{e:+d}"] for e in range(0, lags + 1)]
+        out["ATT_post"] = float(np.nanmean(post))
+        return out
+
+    def fit(self, panel: pd.DataFrame) -> Estimate:
+        cluster = self.cluster if self.se == "cluster" else None
+        check_inference_options(self.se, self.ssc, self.dist, cluster, self.alpha)
+        check_panel(panel, (self.outcome,), tuple(self.controls))
+        rel, leads, lags = self._window(panel)
         cols, times, keep = event_dummies(rel, leads, lags, self.ref, self.bin_endpoints)
         notes: list[str] = []
         data = panel

@@ -139,6 +139,12 @@ class TWFE:
     weights: str | None = None
     label: str = "twfe"
 
+    def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
+        """True value of the headline on a simulated panel: the ATT over treated cells."""
+        te = panel[f"te_{self.outcome}"].to_numpy()
+        d = panel[D].to_numpy() == 1
+        return {"ATT": float(te[d].mean())}
+
     def fit(self, panel: pd.DataFrame) -> Estimate:
         """Estimate the ATT on ``panel`` (see the class docstring)."""
         cluster = self.cluster if self.se == "cluster" else None

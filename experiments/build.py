@@ -1,0 +1,84 @@
+"""Turn a composed config into simulator and estimator objects (no Hydra needed here)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from estimators.event_study import EventStudy
+from estimators.panel import OptionError, check_choice
+from estimators.twfe import TWFE
+from simulate.design import Assignment, Effect, Timing
+from simulate.province import ProvinceDGP, draw_province
+
+#: estimator kind -> class; labels in outputs are the config keys, kinds pick the class
+ESTIMATORS: dict[str, type] = {"twfe": TWFE, "event_study": EventStudy}
+DATA_KINDS = ("province",)
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def _fields(cls: type, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    allowed = set(getattr(cls, "__dataclass_fields__", {}))
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise OptionError(f"{where}.{unknown[0]} is not an option; accepted: {sorted(allowed)}")
+    return dict(values)
+
+
+def build_estimator(label: str, spec: Mapping[str, Any], outcome: str) -> Any:
+    """One estimator object for ``outcome`` from its config entry ``estimator.<label>``."""
+    spec = dict(_plain(spec))
+    kind = spec.pop("kind", None)
+    check_choice(f"estimator.{label}.kind", kind, tuple(ESTIMATORS))
+    cls = ESTIMATORS[kind]
+    for key in ("controls",):
+        if key in spec and spec[key] is not None:
+            spec[key] = tuple(spec[key])
+    kwargs = _fields(cls, spec, f"estimator.{label}")
+    return cls(outcome=outcome, label=label, **kwargs)
+
+
+def build_estimators(cfg: DictConfig, outcomes: list[str]) -> dict[tuple[str, str], Any]:
+    """(outcome, label) -> estimator, for every configured estimator and outcome."""
+    if not cfg.estimator:
+        raise OptionError("no estimator configured; choose some, e.g. estimator=[twfe,event_study]")
+    return {
+        (outcome, label): build_estimator(label, spec, outcome)
+        for outcome in outcomes
+        for label, spec in cfg.estimator.items()
+    }
+
+
+def _dataclass(cls: type, node: Any, where: str, drop: tuple[str, ...] = ()) -> Any:
+    values = {k: v for k, v in dict(_plain(node)).items() if k not in drop}
+    return cls(**_fields(cls, values, where))
+
+
+def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]:
+    """A picklable function ``rng -> panel`` for the configured design."""
+    kind = cfg.data.kind
+    check_choice("data.kind", kind, DATA_KINDS)
+    dgp = _dataclass(ProvinceDGP, cfg.data, "data", drop=("kind", "outcomes", "controls"))
+    assignment = _dataclass(Assignment, cfg.assignment, "assignment")
+    timing = _dataclass(Timing, cfg.timing, "timing")
+    effect = _dataclass(Effect, cfg.effect, "effect")
+    # validate now: a bad value should stop the run before any worker starts
+    dgp.validate()
+    effect.validate()
+    timing.validate()
+    assignment.validate(30)
+    return functools.partial(_draw_province, dgp, assignment, timing, effect)
+
+
+def _draw_province(dgp: ProvinceDGP, assignment: Assignment, timing: Timing, effect: Effect,
+                   rng: np.random.Generator) -> pd.DataFrame:
+    return draw_province(rng, dgp, assignment, timing, effect)

@@ -1,0 +1,92 @@
+"""The ``didlab`` command: a thin Hydra wrapper over :func:`experiments.run.run`.
+
+Bad configs and bad data end with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from estimators.panel import DidlabError
+
+from .run import CONF_DIR
+from .schema import register
+
+register()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = " ".join(t.strip() for t in text if t.strip()) or type(exc).__name__
+    return msg
+
+
+def fail(message: str) -> None:
+    print(f"didlab: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# an absolute path: relative paths would be read as a Python package when the module is
+# imported (the console script), and `conf/` deliberately is not one
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _app(cfg: DictConfig) -> None:
+    from .run import run
+
+    try:
+        run(cfg)
+    except DidlabError as exc:
+        fail(_one_line(exc))
+
+
+def _precheck(argv: list[str]) -> None:
+    """Compose every job's config before Hydra starts, so that a bad group option, key or
+    value becomes one line and exit 2 (Hydra itself prints several lines and exits 1)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .run import compose
+
+    flags = [a for a in argv if a.startswith("-")]
+    if any(f in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--version",
+                 "--shell-completion", "-sc", "--package", "-p", "--resolve") for f in flags):
+        return
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        # expand sweeps (a,b,c) into every job's override list
+        jobs: list[list[str]] = [[]]
+        for o in parsed:
+            if o.is_sweep_override():
+                values = list(o.sweep_string_iterator())
+                jobs = [j + [f"{o.get_key_element()}={v}"] for j in jobs for v in values]
+            else:
+                jobs = [j + [o.input_line] for j in jobs]
+        for job in jobs:
+            if any(j.startswith("hydra") or j.startswith("hydra/") for j in job):
+                job = [j for j in job if not j.startswith("hydra")]
+            cfg = compose(job)
+            from .build import build_draw, build_estimators
+
+            build_draw(cfg)
+            build_estimators(cfg, list(cfg.experiment.outcomes))
+    except (HydraException, OmegaConfBaseException, DidlabError) as exc:
+        fail(_one_line(exc))
+
+
+def main() -> None:
+    """Entry point of the ``didlab`` console command."""
+    argv = sys.argv[1:]
+    if argv and argv[0] == "collect":
+        from .collect import main as collect_main
+
+        raise SystemExit(collect_main(argv[1:]))
+    _precheck(argv)
+    _app()
+
+
+if __name__ == "__main__":
+    main()

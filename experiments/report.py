@@ -1,0 +1,152 @@
+"""Tables and figures a reader can paste into a paper, and the run's report.md."""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+PACKAGES = ("didlab", "numpy", "pandas", "scipy", "statsmodels", "linearmodels", "joblib",
+            "hydra-core", "omegaconf", "seaborn", "dask", "distributed")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    """A GitHub-flavoured markdown table (no tabulate dependency)."""
+    def fmt(v: object) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else format(v, floatfmt)
+        return str(v)
+
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Save atomically so that a killed run leaves no half-written PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def event_study_figure(terms: pd.DataFrame, path: Path, title: str) -> Path:
+    """Event-study coefficients with CIs and the true effect path, one panel per outcome.
+
+    ``terms`` has columns outcome, estimator, event_time, estimate, conf_low, conf_high and
+    optionally truth.
+    """
+    sns.set_theme(style="whitegrid", context="notebook")
+    outcomes = list(dict.fromkeys(terms["outcome"]))
+    fig, axes = plt.subplots(1, len(outcomes), figsize=(5.2 * len(outcomes), 3.8), squeeze=False)
+    palette = sns.color_palette("deep")
+    for ax, outcome in zip(axes[0], outcomes):
+        sub = terms[terms["outcome"] == outcome]
+        for i, (label, g) in enumerate(sub.groupby("estimator", sort=False)):
+            g = g.sort_values("event_time")
+            x = g["event_time"].to_numpy() + 0.12 * i
+            y = g["estimate"].to_numpy()
+            ax.errorbar(x, y, yerr=[y - g["conf_low"], g["conf_high"] - y], fmt="o",
+                        color=palette[i], capsize=3, ms=5, label=f"{label} (95% CI)")
+            if "truth" in g and np.isfinite(g["truth"]).any():
+                ax.plot(g["event_time"], g["truth"], color="black", lw=1.5, ls="--",
+                        label="true effect" if i == 0 else None)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axvline(-0.5, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("years since treatment (reference -1)")
+        ax.set_ylabel(f"effect on {outcome}")
+        ax.set_title(outcome)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+DIAGNOSANDS = (("bias", "bias"), ("coverage", "coverage of 95% CI"), ("rejection", "rejection rate"))
+
+
+def diagnosand_figure(diag: pd.DataFrame, axis: str, path: Path, hue: str | None = None,
+                      alpha: float = 0.05) -> Path:
+    """Bias, coverage and rejection rate against one swept axis, one column per estimator,
+    with +-2 Monte Carlo SE bars; nominal levels drawn as reference lines."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    est_labels = list(dict.fromkeys(diag["estimator"]))
+    fig, axes = plt.subplots(len(DIAGNOSANDS), len(est_labels),
+                             figsize=(3.6 * len(est_labels) + 1, 2.6 * len(DIAGNOSANDS)),
+                             squeeze=False, sharex=True)
+    levels = list(dict.fromkeys(diag[axis]))
+    hues = list(dict.fromkeys(diag[hue])) if hue else [None]
+    palette = sns.color_palette("deep", len(hues))
+    for j, label in enumerate(est_labels):
+        sub = diag[diag["estimator"] == label]
+        for i, (col, name) in enumerate(DIAGNOSANDS):
+            ax = axes[i, j]
+            for h, colour in zip(hues, palette):
+                g = sub if h is None else sub[sub[hue] == h]
+                g = g.set_index(axis).reindex(levels)
+                x = np.arange(len(levels)) + (0 if h is None else 0.08 * (hues.index(h) - len(hues) / 2))
+                ax.errorbar(x, g[col], yerr=2 * g[f"{col}_mcse"], fmt="o-", color=colour,
+                            capsize=3, ms=4, lw=1, label=None if h is None else str(h))
+            if col == "bias":
+                ax.axhline(0, color="black", lw=0.8)
+            elif col == "coverage":
+                ax.axhline(1 - alpha, color="black", lw=0.8, ls="--")
+            else:
+                ax.axhline(alpha, color="black", lw=0.8, ls="--")
+            ax.set_xticks(np.arange(len(levels)))
+            ax.set_xticklabels(levels, rotation=30, ha="right", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(name)
+            if i == 0:
+                ax.set_title(label, fontsize=10)
+            if i == len(DIAGNOSANDS) - 1:
+                ax.set_xlabel(axis)
+    if hue:
+        axes[0, -1].legend(title=hue, fontsize=7, title_fontsize=8, loc="best")
+    fig.suptitle(f"Diagnosands against {axis} (bars: +-2 Monte Carlo SE)", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def diagnosand_figures(diag: pd.DataFrame, axes: Sequence[str], folder: Path,
+                       outcome: str | None = None) -> list[Path]:
+    """One figure per varying axis (the other varying axis, if any, as colour)."""
+    head = diag[diag["role"] == "headline"] if "role" in diag else diag
+    if outcome is not None:
+        head = head[head["outcome"] == outcome]
+    varying = [a for a in axes if a in head and head[a].nunique() > 1]
+    paths = []
+    for a in varying:
+        others = [b for b in varying if b != a]
+        hue = others[0] if others else None
+        cols = [a] + ([hue] if hue else [])
+        extra = [b for b in others[1:]]
+        sub = head
+        for b in extra:  # more than two axes: show the first level of the rest
+            sub = sub[sub[b] == sub[b].iloc[0]]
+        sub = sub.groupby(["estimator", *cols], sort=False, as_index=False).first()
+        paths.append(diagnosand_figure(sub, a, folder / f"diagnosands_by_{a}.png", hue=hue))
+    return paths

@@ -1,0 +1,271 @@
+"""``run(cfg)``: what the ``didlab`` command does, callable without Hydra's decorator."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from estimators.panel import OptionError, check_choice
+
+from . import report
+from .build import build_draw, build_estimators
+from .montecarlo import (Backend, Design, design_key, diagnose, fit_one, replicate_seed,
+                         run_designs)
+
+EXPERIMENT_KINDS = ("single", "montecarlo")
+AXES = ("data", "assignment", "timing", "effect")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose the didlab config with overrides (inside or outside a running Hydra app)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .schema import register
+
+    register()
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name="config", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def _choices(cfg: DictConfig) -> dict[str, str]:
+    """Which option of each axis group the config came from (Hydra's runtime choices)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        ch = HydraConfig.get().runtime.choices
+        return {a: str(ch.get(a)) for a in AXES if ch.get(a) is not None}
+    except (ValueError, ImportError):
+        return {a: "custom" for a in AXES}
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ValueError, ImportError):
+        return False
+
+
+def cells(cfg: DictConfig) -> list[tuple[DictConfig, dict[str, str]]]:
+    """The design cells of a run: the config itself, or its ``experiment.grid`` crossed
+    (grid axes replace whole groups; a multirun sweep defines its own cells instead)."""
+    base = _choices(cfg)
+    grid = OmegaConf.to_container(cfg.experiment.grid) if cfg.experiment.grid else {}
+    if not grid or _in_multirun():
+        return [(cfg, base)]
+    for group in grid:
+        if not isinstance(grid[group], list) or not grid[group]:
+            raise OptionError(f"experiment.grid.{group} must be a non-empty list of options")
+    for group in grid:
+        check_choice("experiment.grid key", group, AXES)
+    nodes = {(g, o): compose([f"{g}={o}"])[g] for g, opts in grid.items() for o in opts}
+    out = []
+    for combo in itertools.product(*[[(g, o) for o in opts] for g, opts in grid.items()]):
+        c = cfg.copy()
+        OmegaConf.set_struct(c, False)
+        axes = dict(base)
+        for g, o in combo:
+            c[g] = nodes[(g, o)]
+            axes[g] = o
+        OmegaConf.set_struct(c, True)
+        out.append((c, axes))
+    return out
+
+
+def cell_name(axes: Mapping[str, str], varying: set[str] | None = None) -> str:
+    """``group=option`` pairs of the axes that vary across the run's cells."""
+    keys = [k for k in axes if varying is None or k in varying]
+    return ",".join(f"{k}={axes[k]}" for k in keys) or "default"
+
+
+def _hash_payload(cfg: DictConfig) -> dict[str, Any]:
+    from importlib import metadata
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    return {
+        "data": c["data"], "assignment": c["assignment"], "timing": c["timing"],
+        "effect": c["effect"], "estimator": c["estimator"], "seed": c["seed"],
+        "outcomes": c["experiment"]["outcomes"], "chunk_size": c["experiment"]["chunk_size"],
+        "didlab": metadata.version("didlab"),
+    }
+
+
+def single_draw(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Draw replicate 0 of the configured design and fit every estimator on it.
+
+    Returns the headline table and the event-time terms (with their truths).
+    """
+    draw = build_draw(cfg)
+    outcomes = list(cfg.experiment.outcomes)
+    estimators = build_estimators(cfg, outcomes)
+    panel = draw(np.random.default_rng(replicate_seed(int(cfg.seed), 0)))
+    rows, ev = [], []
+    for (outcome, label), est in estimators.items():
+        rows.extend(fit_one(est, panel, None, "single", 0, outcome, label))
+        if hasattr(est, "_window"):
+            fitted = est.fit(panel)
+            truth = est.estimand(panel)
+            t = fitted.terms.dropna(subset=["event_time"]).copy()
+            t["truth"] = [truth.get(n, np.nan) for n in t["term"]]
+            t["outcome"], t["estimator"] = outcome, label
+            ref = pd.DataFrame({"term": [f"ev{est.ref:+d}"], "estimate": [0.0], "conf_low": [0.0],
+                                "conf_high": [0.0], "event_time": [float(est.ref)], "truth": [0.0],
+                                "outcome": [outcome], "estimator": [label]})
+            ev.append(pd.concat([t, ref], ignore_index=True))
+    table = pd.DataFrame(rows)
+    return table, (pd.concat(ev, ignore_index=True) if ev else pd.DataFrame())
+
+
+SINGLE_COLUMNS = ["outcome", "estimator", "term", "truth", "estimate", "std_error", "conf_low",
+                  "conf_high", "p_value", "pretrend_p", "n_obs", "error"]
+
+
+def _print_table(title: str, frame: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 160, "display.max_columns", 30,
+                           "display.max_rows", 200, "display.float_format", "{:.4f}".format):
+        print(f"\n{title}\n{frame.to_string(index=False)}")
+
+
+def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run the configured experiment and write its outputs.
+
+    Parameters
+    ----------
+    cfg
+        A composed didlab config (``compose([...])`` or the one ``@hydra.main`` passes).
+    output_dir
+        Where to write; defaults to Hydra's run folder.
+
+    Returns
+    -------
+    dict
+        Paths of what was written and the main tables (for tests and notebooks).
+    """
+    kind = cfg.experiment.kind
+    check_choice("experiment.kind", kind, EXPERIMENT_KINDS)
+    out = Path(output_dir) if output_dir is not None else _hydra_output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.md", "FAILED"):
+        (out / stale).unlink(missing_ok=True)
+    try:
+        result = _run(cfg, out, kind)
+    except BaseException as exc:
+        (out / "FAILED").write_text(f"{type(exc).__name__}: {exc}\n")
+        raise
+    return result
+
+
+def _hydra_output_dir() -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        raise OptionError("run(cfg) outside a Hydra app needs output_dir=...") from None
+
+
+def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
+    figures = out / "figures"
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    written: dict[str, Any] = {"config": out / "config.yaml"}
+    sections: list[str] = [f"# didlab — {cfg.experiment.name}\n"]
+
+    table, ev = single_draw(cfg)
+    shown = table[table["role"] == "headline"][SINGLE_COLUMNS]
+    _print_table(f"One draw of the design (seed {cfg.seed}); truth = the draw's true effect", shown)
+    sections.append(f"## One draw of the design (seed {cfg.seed})\n\n"
+                    "`truth` is the draw's exact ATT (mean unit-period effect over treated "
+                    "observations); `pretrend_p` is the event study's joint pre-period Wald test.\n\n"
+                    + report.markdown_table(shown) + "\n")
+    if len(ev) and cfg.experiment.figures:
+        p = report.event_study_figure(ev, figures / "event_study.png",
+                                      f"Event study, one draw (seed {cfg.seed}), with the true effect path")
+        written["event_study_figure"] = p
+        sections.append("![event study](figures/event_study.png)\n")
+
+    if kind == "single":
+        report_frame = table
+        _write_table(report_frame, out / "results")
+        written["results"] = out / "results.parquet"
+    else:
+        backend = Backend(**OmegaConf.to_container(cfg.backend, resolve=True))
+        backend.validate()
+        runs = cells(cfg)
+        varying = {a for a in AXES if len({ax.get(a) for _, ax in runs}) > 1}
+        designs, keys = [], []
+        for c, axes in runs:
+            outcomes = list(c.experiment.outcomes)
+            designs.append(Design(build_draw(c), build_estimators(c, outcomes),
+                                  cell=cell_name(axes, varying if len(runs) > 1 else set()),
+                                  axes=axes))
+            keys.append(design_key(_hash_payload(c)))
+        results = run_designs(designs, int(cfg.experiment.n_reps), int(cfg.seed),
+                              store=cfg.experiment.store, keys=keys,
+                              chunk_size=int(cfg.experiment.chunk_size), backend=backend,
+                              progress=bool(cfg.experiment.progress) and _isatty())
+        axes_frame = pd.DataFrame([{"cell": d.cell, **d.axes} for d in designs])
+        results = results.merge(axes_frame, on="cell", how="left")
+        diag = diagnose(results, by=("cell", *[a for a in AXES if a in axes_frame], "outcome",
+                                     "estimator", "term"))
+        roles = results.drop_duplicates(["estimator", "term"]).set_index(["estimator", "term"])["role"]
+        diag["role"] = [roles.get((e, t), "headline") for e, t in zip(diag["estimator"], diag["term"])]
+        _write_table(results, out / "results")
+        diag.to_csv(out / "diagnosands.csv", index=False)
+        written.update(results=out / "results.parquet", diagnosands=out / "diagnosands.csv")
+        head = diag[diag["role"] == "headline"]
+        shown_axes = sorted(varying, key=AXES.index) if len(runs) > 1 else []
+        cols = [c for c in (*shown_axes, "outcome", "estimator", "term", "n_draws", "n_failed",
+                            "mean_truth", "bias", "bias_mcse", "rmse", "se_sd_ratio",
+                            "coverage", "rejection", "rejection_is", "ci_width",
+                            "pretrend_reject") if c in head]
+        _print_table(f"Diagnosands over {cfg.experiment.n_reps} draws per cell "
+                     "(MC standard errors in diagnosands.csv)", head[cols])
+        sections.append(
+            f"## Monte Carlo: {cfg.experiment.n_reps} draws per cell, seed {cfg.seed}\n\n"
+            "Bias is against each draw's exact ATT; coverage is of the 95% CI; rejection is "
+            "at 5% (size when the effect is zero, power otherwise); `_mcse` columns in "
+            "`diagnosands.csv` give Monte Carlo standard errors.\n\n"
+            + report.markdown_table(head[cols]) + "\n")
+        if cfg.experiment.figures:
+            outcome0 = list(cfg.experiment.outcomes)[0]
+            paths = report.diagnosand_figures(diag, [a for a in AXES if a in axes_frame],
+                                              figures, outcome=outcome0)
+            written["diagnosand_figures"] = paths
+            for p in paths:
+                sections.append(f"![{p.stem}](figures/{p.name})\n")
+        written["diagnosands_table"] = diag
+    sections.append("## Configuration\n\n```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```\n")
+    versions = report.package_versions()
+    sections.append("## Package versions\n\n" + "\n".join(f"- {k} {v}" for k, v in versions.items()) + "\n")
+    tmp = out / ".report.md.tmp"
+    tmp.write_text("\n".join(sections))
+    os.replace(tmp, out / "report.md")  # written last: its presence marks a complete run
+    written["report"] = out / "report.md"
+    written["table"] = table
+    print(f"\nOutputs written to {out}")
+    return written
+
+
+def _write_table(frame: pd.DataFrame, stem: Path) -> None:
+    frame.to_parquet(stem.with_suffix(".parquet"), index=False)
+    frame.to_csv(stem.with_suffix(".csv"), index=False)
+
+
+def _isatty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()

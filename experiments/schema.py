@@ -1,0 +1,121 @@
+"""Dataclass schemas of every config group, registered in Hydra's ConfigStore.
+
+A misspelt key or a wrong type fails when the config is composed. String choices are
+validated when the config is used (OmegaConf 2.3 rejects ``typing.Literal``), with errors
+that list the accepted values. Schemas are mutable dataclasses: frozen ones would block
+command-line overrides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from simulate.design import Assignment, Effect, Timing
+from simulate.province import CONTROLS, ProvinceDGP
+
+
+@dataclass
+class ProvinceData(ProvinceDGP):
+    """The simulated province panel (seed 002's design)."""
+
+    kind: str = "province"
+    outcomes: List[str] = field(default_factory=lambda: ["lnce", "lncei"])
+    controls: List[str] = field(default_factory=lambda: list(CONTROLS))
+
+
+@dataclass
+class TWFEConf:
+    kind: str = "twfe"
+    controls: List[str] = field(default_factory=list)
+    cluster: Optional[str] = "unit"
+    se: str = "cluster"
+    ssc: str = "stata"
+    dist: str = "t"
+    alpha: float = 0.05
+    paper_terms: bool = False
+
+
+@dataclass
+class EventStudyConf:
+    kind: str = "event_study"
+    controls: List[str] = field(default_factory=list)
+    leads: Optional[int] = 5
+    lags: Optional[int] = 5
+    ref: int = -1
+    bin_endpoints: bool = True
+    cluster: Optional[str] = "unit"
+    se: str = "cluster"
+    ssc: str = "stata"
+    dist: str = "t"
+    alpha: float = 0.05
+
+
+@dataclass
+class BackendConf:
+    # sequential | loky (all cores on this machine) | dask (a scheduler address, or a
+    # LocalCluster started for the run when address is null)
+    kind: str = "loky"
+    n_jobs: int = -1
+    address: Optional[str] = None
+    n_workers: int = 2
+    threads_per_worker: int = 1
+
+
+@dataclass
+class ExperimentConf:
+    # single: one draw, every estimator, a table and an event-study figure;
+    # montecarlo: n_reps draws and the diagnosands
+    kind: str = "single"
+    name: str = "single"
+    n_reps: int = 1
+    chunk_size: int = 25
+    outcomes: List[str] = field(default_factory=lambda: ["lnce", "lncei"])
+    # cells run inside one (non-multirun) job: group -> list of options of that group
+    grid: Dict[str, List[str]] = field(default_factory=dict)
+    # where resumable chunks live, keyed by a hash of everything that fixes the numbers
+    store: str = "outputs/store"
+    progress: bool = True
+    figures: bool = True
+
+
+@dataclass
+class Config:
+    defaults: List[Any] = field(default_factory=lambda: [
+        "_self_",
+        {"data": "province"},
+        {"assignment": "actual"},
+        {"timing": "notice_2011"},
+        {"effect": "constant"},
+        {"estimator": ["twfe", "twfe_controls", "event_study"]},
+        {"backend": "loky"},
+        {"experiment": None},
+    ])
+    seed: int = 0
+    data: Any = MISSING
+    assignment: Assignment = MISSING
+    timing: Timing = MISSING
+    effect: Effect = MISSING
+    estimator: Dict[str, Any] = field(default_factory=dict)
+    backend: BackendConf = MISSING
+    experiment: ExperimentConf = field(default_factory=ExperimentConf)
+
+
+ESTIMATOR_SCHEMAS: dict[str, type] = {"twfe": TWFEConf, "event_study": EventStudyConf}
+
+
+def register() -> None:
+    """Register the schemas (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="didlab_base", node=Config)
+    cs.store(group="data", name="province_schema", node=ProvinceData)
+    cs.store(group="assignment", name="assignment_schema", node=Assignment)
+    cs.store(group="timing", name="timing_schema", node=Timing)
+    cs.store(group="effect", name="effect_schema", node=Effect)
+    cs.store(group="backend", name="backend_schema", node=BackendConf)
+    cs.store(group="experiment", name="experiment_schema", node=ExperimentConf, package="experiment")
+    for kind, schema in ESTIMATOR_SCHEMAS.items():
+        cs.store(group="schema/estimator", name=kind, node=schema)
