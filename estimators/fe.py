@@ -147,6 +147,7 @@ def ols_fe(
     x: np.ndarray,
     raw_x: np.ndarray,
     weights: np.ndarray | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> OLSFit:
     """Least squares on residualised data, dropping (and reporting) unidentified columns.
 
@@ -162,8 +163,9 @@ def ols_fe(
     """
     keep, reasons = _identified(x, raw_x, weights)
     if not keep.any():
+        shown = list(names) if names else f"all {x.shape[1]}"
         raise EstimationError(
-            "no regressor is identified: every one is absorbed by the fixed effects"
+            f"no regressor is identified: {shown} are absorbed by the fixed effects"
         )
     xk = x[:, keep] if not keep.all() else x
     xw = xk if weights is None else xk * weights[:, None]

@@ -78,7 +78,7 @@ class FEResult:
 def fit_fe(arrays: FEArrays, se: str, ssc: str, dist: str) -> FEResult:
     """Fit the two-way fixed-effects regression held in ``arrays``."""
     yt, xt = arrays.within()
-    fit = ols_fe(yt, xt, arrays.x, arrays.weights)
+    fit = ols_fe(yt, xt, arrays.x, arrays.weights, arrays.names)
     dof = arrays.dof(int(fit.keep.sum()))
     cov = vcov(fit, se, ssc, dof, arrays.clusters, arrays.weights)
     df = reference_df(se, dist, dof)

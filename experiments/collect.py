@@ -30,14 +30,14 @@ def collect(sweep_dir: str | Path) -> dict[str, Any]:
     root = Path(sweep_dir)
     if not root.is_dir():
         raise DidlabError(f"sweep folder {str(root)!r} does not exist")
-    files = sorted(p for p in root.glob("*/diagnosands.csv"))
+    files = sorted(root.rglob("diagnosands.csv"))
     if not files:
         raise DidlabError(f"no job folder with diagnosands.csv under {str(root)!r}; "
                           "collect works on Monte Carlo sweeps (experiment=robustness, size, power)")
     frames = []
     for f in files:
         d = pd.read_csv(f)
-        d.insert(0, "job", f.parent.name)
+        d.insert(0, "job", str(f.parent.relative_to(root)))
         frames.append(d)
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(root / "diagnosands_all.csv", index=False)
@@ -75,5 +75,5 @@ class CollectCallback(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if any(sweep_dir.glob("*/diagnosands.csv")):
+        if any(sweep_dir.rglob("diagnosands.csv")):
             collect(sweep_dir)

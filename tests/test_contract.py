@@ -1,0 +1,43 @@
+"""Contract over every registered estimator: no mutation, determinism, pickling, tidy output."""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from estimators.result import TERM_COLUMNS, Estimate
+from experiments.build import ESTIMATORS
+
+
+def make(kind, outcome="lnce"):
+    return ESTIMATORS[kind](outcome=outcome, controls=("lnpgdp",))
+
+
+@pytest.mark.parametrize("kind", sorted(ESTIMATORS))
+@pytest.mark.parametrize("data", ["province", "staggered"])
+def test_contract(request, kind, data):
+    panel = request.getfixturevalue(data)
+    before = panel.copy()
+    est = make(kind)
+    a = est.fit(panel)
+    pd.testing.assert_frame_equal(panel, before)  # input not mutated
+    b = est.fit(panel)
+    assert a.estimate == b.estimate and a.std_error == b.std_error
+    assert isinstance(a, Estimate)
+    clone = pickle.loads(pickle.dumps(a))
+    assert clone.estimate == a.estimate
+    pd.testing.assert_frame_equal(clone.terms, a.terms)
+    for col in TERM_COLUMNS:
+        assert col in a.terms.columns
+        assert col in a.tidy().columns
+    assert a.conf_low < a.estimate < a.conf_high
+    assert len(pickle.dumps(a)) < 20_000  # O(terms), not O(rows)
+    text = str(a)
+    assert a.term in text and "95% CI" in text and "\n" in text
+    assert "\n" not in repr(a)
+    truth = est.estimand(panel)
+    assert a.term in truth and np.isfinite(truth[a.term])
+    # an estimator is a frozen specification
+    with pytest.raises(Exception):
+        est.outcome = "x"
