@@ -29,7 +29,7 @@ $(VENV)/.installed-bench: $(VENV)/bin/python pyproject.toml
 venv: $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
-	$(VENV)/bin/didlab $(ARGS)
+	$(VENV)/bin/didlab experiment=robustness $(ARGS)
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q $(ARGS)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .fe import Dof, within_balanced, within_general
-from .panel import COHORT, D, TIME, UNIT, PanelError, check_panel
+from .panel import COHORT, D, TIME, UNIT, PanelError, _codes, check_panel
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,7 @@ def _nested(codes: np.ndarray, clusters: np.ndarray, n_codes: int) -> bool:
 
 def codes_of(values: np.ndarray) -> tuple[np.ndarray, int]:
     """Integer codes 0..n-1 of a column (sorted levels)."""
-    uniq, inv = np.unique(values, return_inverse=True)
-    return inv.astype(np.intp), int(uniq.size)
+    return _codes(np.asarray(values))
 
 
 def fe_arrays(
@@ -82,13 +81,18 @@ def fe_arrays(
     weights: str | None = None,
     extra: dict[str, np.ndarray] | None = None,
     validate: bool = True,
+    checked: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None,
 ) -> FEArrays:
     """Pull the arrays of a fixed-effects regression out of a panel.
 
     ``extra`` supplies regressors computed by the caller (event-time dummies), appended after
-    the panel columns named in ``regressors``.
+    the panel columns named in ``regressors``. ``checked`` passes on the unit codes, time
+    codes and arrays of a :func:`check_panel` call the caller already made on this panel.
     """
-    if validate:
+    if checked is not None:
+        unit, time, arrays = checked
+        n_units, n_periods = int(unit.max()) + 1, int(time.max()) + 1
+    elif validate:
         _, unit, time, arrays = check_panel(panel, outcomes=(outcome,), covariates=tuple(regressors))
         n_units, n_periods = int(unit.max()) + 1, int(time.max()) + 1
     else:

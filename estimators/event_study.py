@@ -127,7 +127,7 @@ class EventStudy:
     def fit(self, panel: pd.DataFrame) -> Estimate:
         cluster = self.cluster if self.se == "cluster" else None
         check_inference_options(self.se, self.ssc, self.dist, cluster, self.alpha)
-        check_panel(panel, (self.outcome,), tuple(self.controls))
+        _, unit, time, arrays = check_panel(panel, (self.outcome,), tuple(self.controls))
         rel, leads, lags = self._window(panel)
         cols, times, keep = event_dummies(rel, leads, lags, self.ref, self.bin_endpoints)
         notes: list[str] = []
@@ -137,23 +137,24 @@ class EventStudy:
             cols = {k: v[keep] for k, v in cols.items()}
             notes.append(f"{int((~keep).sum())} treated observations outside the window "
                          f"[-{leads}, {lags}] dropped (bin_endpoints=False)")
+        checked = (unit, time, arrays) if keep.all() else None
         arrays = fe_arrays(data, self.outcome, tuple(self.controls), cluster=cluster,
-                           extra=cols, validate=not keep.all())
+                           extra=cols, validate=not keep.all(), checked=checked)
         # put the event dummies first so that collinearity drops controls, not event times
         k_c = len(self.controls)
         order = list(range(k_c, arrays.x.shape[1])) + list(range(k_c))
         arrays = type(arrays)(**{**arrays.__dict__, "x": arrays.x[:, order],
                                  "names": tuple(arrays.names[i] for i in order)})
         res = fit_fe(arrays, self.se, self.ssc, self.dist)
-        terms = res.terms(self.alpha)
         n_ev = len(times)
-        terms["event_time"] = np.r_[np.asarray(times, dtype=float), np.full(k_c, np.nan)]
-        binned = np.zeros(len(terms), dtype=bool)
+        binned = np.zeros(n_ev + k_c, dtype=bool)
         if self.bin_endpoints and self.leads is not None:
             binned[:n_ev] |= np.asarray(times) == -leads
         if self.bin_endpoints and self.lags is not None:
             binned[:n_ev] |= np.asarray(times) == lags
-        terms["binned"] = binned
+        terms = res.terms(self.alpha,
+                          event_time=np.r_[np.asarray(times, dtype=float), np.full(k_c, np.nan)],
+                          binned=binned)
         notes.extend(f"{n} not identified: {r}" for n, r in zip(res.names, res.fit.reasons) if r)
 
         ids = res.identified

@@ -116,18 +116,32 @@ class OLSFit:
 
 
 def _identified(x: np.ndarray, raw: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
-    """Which residualised columns carry variation, in the order given (earlier ones win)."""
+    """Which residualised columns carry variation, in the order given (earlier ones win).
+
+    A column is *absorbed* when the within transform leaves (numerically) nothing of it, and
+    *collinear* when its residual on the earlier kept columns is (numerically) nothing. The
+    squared Cholesky pivots of the Gram matrix are exactly those residual variances, so the
+    common full-rank case costs one Cholesky; a greedy pass runs only when it fails.
+    """
     k = x.shape[1]
     wx = x if w is None else x * w[:, None]
     gram = x.T @ wx
+    diag = np.diag(gram).copy()
     raw_c = raw - raw.mean(axis=0)
     raw_norm = np.einsum("ij,ij->j", raw_c, raw_c)
+    wscale = 1.0 if w is None else float(w.mean())
+    absorbed = (raw_norm == 0) | (diag <= ABSORB_TOL * np.where(raw_norm > 0, raw_norm, 1.0) * wscale)
+    if not absorbed.any():
+        try:
+            chol = np.linalg.cholesky(gram)
+            if np.all(np.diag(chol) ** 2 > COLLINEAR_TOL * diag):
+                return np.ones(k, dtype=bool), [""] * k
+        except np.linalg.LinAlgError:
+            pass
     keep = np.zeros(k, dtype=bool)
     reasons = [""] * k
-    diag = np.diag(gram)
     for j in range(k):
-        scale = raw_norm[j] if raw_norm[j] > 0 else 1.0
-        if raw_norm[j] == 0 or diag[j] <= ABSORB_TOL * scale * (1 if w is None else w.mean()):
+        if absorbed[j]:
             reasons[j] = "absorbed by the fixed effects"
             continue
         idx = np.nonzero(keep)[0]

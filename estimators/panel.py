@@ -164,7 +164,11 @@ def check_panel(
         if col in arrays:
             continue
         s = panel[col]
-        if not (pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype)):
+        dt = s.dtype
+        if isinstance(dt, np.dtype) and dt.kind in "biuf":  # plain numpy: the common, fast case
+            arrays[col] = s.to_numpy() if dt == np.float64 else s.to_numpy().astype(float)
+            continue
+        if not (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt)):
             bad = pd.to_numeric(s, errors="coerce").isna() & s.notna()
             example = s[bad].iloc[0] if bad.any() else s.iloc[0]
             raise PanelError(
@@ -173,22 +177,22 @@ def check_panel(
             )
         arrays[col] = s.to_numpy(dtype=float, na_value=np.nan)
     unit_raw = panel[UNIT].to_numpy()
-    if pd.isna(unit_raw).any():
+    if unit_raw.dtype.kind not in "biu" and pd.isna(unit_raw).any():
         na = pd.isna(unit_raw)
         raise PanelError(f"column {UNIT!r} has {int(na.sum())} missing value(s){_where(panel, na)}")
     for col, v in arrays.items():
+        if np.isfinite(v).all():
+            continue
         na = np.isnan(v)
         if na.any():
             raise PanelError(
                 f"column {col!r} has {int(na.sum())} missing value(s){_where(panel, na)}; "
                 "drop or impute them explicitly before estimation"
             )
-        if col in (*outcomes, *covariates):
-            inf = np.isinf(v)
-            if inf.any():
-                raise PanelError(
-                    f"column {col!r} has {int(inf.sum())} infinite value(s){_where(panel, inf)}"
-                )
+        inf = np.isinf(v)
+        raise PanelError(
+            f"column {col!r} has {int(inf.sum())} infinite value(s){_where(panel, inf)}"
+        )
 
     time = arrays[TIME]
     if not np.all(time == np.round(time)):
@@ -206,8 +210,8 @@ def check_panel(
 
     cohort = arrays[COHORT]
     d = arrays[D]
-    if not np.isin(d, (0, 1)).all():
-        bad = ~np.isin(d, (0, 1))
+    if not ((d == 0) | (d == 1)).all():
+        bad = ~((d == 0) | (d == 1))
         raise PanelError(f"column {D!r} must be 0 or 1{_where(panel, bad)}")
     if (cohort < 0).any() or not np.all(cohort == np.round(cohort)):
         raise PanelError(
@@ -242,7 +246,6 @@ def check_panel(
             raise PanelError(
                 "no control unit: every unit is treated whenever any unit is treated"
             )
-    periods = np.unique(time)
     info = PanelInfo(
         n_obs=len(panel),
         n_units=int(n_units),
@@ -251,14 +254,27 @@ def check_panel(
         n_treated_units=n_treated,
         n_never_treated=n_never,
         cohorts=tuple(int(c) for c in np.unique(unit_cohort[unit_cohort > 0])),
-        first_period=int(periods.min()),
-        last_period=int(periods.max()),
+        first_period=int(time.min()),
+        last_period=int(time.max()),
     )
     return info, unit, tcode, arrays
 
 
 def _codes(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Integer codes 0..n-1 of a column's sorted levels, and the number of levels."""
+    """Integer codes 0..n-1 of a column's sorted levels, and the number of levels.
+
+    Integer-valued columns with a compact range (years, numeric ids) are coded in O(N)
+    through a presence table; anything else goes through a sort (``np.unique``).
+    """
+    if values.dtype.kind in "iuf" and values.size:
+        lo, hi = values.min(), values.max()
+        span = hi - lo
+        if span <= 4 * values.size + 64 and (values.dtype.kind != "f" or np.all(values == np.round(values))):
+            offset = (values - lo).astype(np.intp)
+            present = np.zeros(int(span) + 1, dtype=bool)
+            present[offset] = True
+            lookup = np.cumsum(present) - 1
+            return lookup[offset], int(lookup[-1]) + 1
     uniq, inv = np.unique(values, return_inverse=True)
     return inv.astype(np.intp).ravel(), int(uniq.size)
 

@@ -65,14 +65,15 @@ class FEResult:
             raise EstimationError(f"regressor {name!r} is not identified in this fit")
         return ids.index(name)
 
-    def terms(self, alpha: float) -> pd.DataFrame:
+    def terms(self, alpha: float, **extra: object) -> pd.DataFrame:
+        """Tidy terms of every requested regressor (NaN where not identified)."""
         est = np.full(len(self.names), np.nan)
         se = np.full(len(self.names), np.nan)
         est[self.fit.keep] = self.fit.coef
         se[self.fit.keep] = np.sqrt(np.diag(self.cov))
-        reasons = [r if r else "" for r in self.fit.reasons]
         return terms_frame(list(self.names), est, se, alpha, self.df,
-                           identified=list(self.fit.keep), note=reasons)
+                           identified=self.fit.keep, note=np.array(self.fit.reasons, dtype=object),
+                           **extra)
 
 
 def fit_fe(arrays: FEArrays, se: str, ssc: str, dist: str) -> FEResult:
@@ -161,19 +162,19 @@ class TWFE:
                 f"the treatment indicator {D!r} is {res.fit.reasons[0]}: no DID contrast"
             )
         terms = res.terms(self.alpha)
-        head = {c: terms[c].to_numpy()[0] for c in ("estimate", "std_error", "p_value",
-                                                     "conf_low", "conf_high")}
+        est, se = float(res.fit.coef[0]), float(np.sqrt(res.cov[0, 0]))
+        crit = critical_value(self.alpha, res.df)
         notes = tuple(
             f"{n} not identified: {r}" for n, r in zip(res.names, res.fit.reasons) if r
         )
         return Estimate(
             estimator=self.label,
             term="ATT",
-            estimate=float(head["estimate"]),
-            std_error=float(head["std_error"]),
-            p_value=float(head["p_value"]),
-            conf_low=float(head["conf_low"]),
-            conf_high=float(head["conf_high"]),
+            estimate=est,
+            std_error=se,
+            p_value=float(p_value(est / se, res.df)),
+            conf_low=est - crit * se,
+            conf_high=est + crit * se,
             alpha=self.alpha,
             n_obs=res.dof.n_obs,
             n_units=res.dof.n_units,

@@ -103,12 +103,13 @@ def fit_one(estimator: Any, panel: pd.DataFrame, rng: np.random.Generator | None
     terms = est.terms
     if len(terms) and truth:
         names = terms["term"].to_numpy()
+        values = {c: terms[c].to_numpy() for c in
+                  ("estimate", "std_error", "statistic", "p_value", "conf_low", "conf_high")}
         for j, name in enumerate(names):
             if name not in truth or name == est.term:
                 continue
             r = _empty_row(cell, rep, outcome, label)
-            r.update({c: terms[c].to_numpy()[j] for c in
-                      ("estimate", "std_error", "statistic", "p_value", "conf_low", "conf_high")})
+            r.update({c: v[j] for c, v in values.items()})
             r.update(term=name, role="detail", alpha=est.alpha, truth=truth[name],
                      n_obs=est.n_obs, n_clusters=est.n_clusters, seconds=0.0)
             rows.append(r)

@@ -281,7 +281,8 @@ def draw_province(
     beta = {n: b * dgp.covariate_effects for n, b in BETA_LNCE.items()}
     xb = sum(beta[n] * logs[n] for n in CONTROLS)
     level_c = np.array([np.log(CE_MEAN[g]) for g in group])
-    mean_xb = np.array([xb[group == g].mean() for g in group])  # centre xb within profile
+    group_mean = {g: xb[group == g].mean() for g in ("pilot", "non_pilot")}
+    mean_xb = np.array([group_mean[g] for g in group])  # centre xb within profile
     alpha = dgp.unit_sd * rng.standard_normal(n_units)
     lam = dgp.year_sd * rng.standard_normal(n_years)
     lam -= lam.mean()

@@ -1,0 +1,199 @@
+"""``make bench``: didlab against its peers, measured in the same run.
+
+Times (median of repeats, wall clock):
+
+1. one TWFE fit with unit-clustered SEs on 30x19, 282x14 and 100,000x20 panels, beside
+   linearmodels ``PanelOLS`` and pyfixest ``feols`` (when installed: ``.[bench]``);
+2. Monte Carlo throughput of the robustness design (draw + TWFE, TWFE with controls, event
+   study) on 1 and 2 workers, beside the same three fits done with linearmodels in a loop.
+
+Speed targets are checked here, never as timed assertions in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from estimators.event_study import EventStudy, event_dummies
+from estimators.design import event_time
+from estimators.twfe import TWFE
+from simulate.province import CONTROLS, draw_province
+
+
+def timeit(fn: Callable[[], Any], repeat: int, min_time: float = 0.0) -> float:
+    """Median wall time of ``fn`` over ``repeat`` calls (after one warm-up call)."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeat or (time.perf_counter() - start) < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 10 * repeat:
+            break
+    return statistics.median(times)
+
+
+def synthetic_panel(n_units: int, n_periods: int, seed: int = 0) -> pd.DataFrame:
+    """A balanced panel with a fifth of units treated from mid-sample and one control."""
+    rng = np.random.default_rng(seed)
+    unit = np.repeat(np.arange(n_units), n_periods)
+    t = np.tile(np.arange(n_periods), n_units)
+    cohort = np.where(rng.random(n_units) < 0.2, n_periods // 2, 0)[unit]
+    d = ((cohort > 0) & (t >= cohort)).astype(np.int8)
+    x = rng.standard_normal(unit.size)
+    y = rng.standard_normal(n_units)[unit] + 0.05 * t - 0.3 * d + 0.5 * x + rng.standard_normal(unit.size)
+    return pd.DataFrame({"unit": unit, "time": t, "cohort": cohort, "d": d, "y": y, "x": x})
+
+
+def lm_twfe(panel: pd.DataFrame, outcome: str, regs: list[str]) -> Any:
+    from linearmodels import PanelOLS
+
+    p = panel.set_index(["unit", "time"])
+    return PanelOLS(p[outcome], p[regs], entity_effects=True, time_effects=True).fit(
+        cov_type="clustered", cluster_entity=True)
+
+
+def pyfixest_twfe(panel: pd.DataFrame, formula: str) -> Any:
+    import pyfixest as pf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pf.feols(formula, data=panel, vcov={"CRV1": "unit"})
+
+
+def bench_twfe(quick: bool) -> list[dict[str, Any]]:
+    try:
+        import pyfixest  # noqa: F401
+        has_pf = True
+    except ImportError:
+        has_pf = False
+    rows = []
+    sizes = [("30x19 (province)", None), ("282x14 (city)", (282, 14)),
+             ("100,000x20", (100_000, 20))]
+    for name, shape in sizes:
+        if shape is None:
+            panel = draw_province(np.random.default_rng(0))
+            outcome, regs = "lnce", ["d", *CONTROLS]
+        else:
+            if quick and shape[0] > 10_000:
+                shape = (10_000, 20)
+                name = "10,000x20 (quick)"
+            panel = synthetic_panel(*shape)
+            outcome, regs = "y", ["d", "x"]
+        big = len(panel) > 100_000
+        rep = 3 if big else 50
+        est = TWFE(outcome, controls=tuple(regs[1:]))
+        ours = timeit(lambda: est.fit(panel), rep, 0 if big else 1.0)
+        lm = timeit(lambda: lm_twfe(panel, outcome, regs), 3 if big else 15)
+        row = {"panel": name, "didlab_ms": ours * 1e3, "linearmodels_ms": lm * 1e3,
+               "speedup_vs_linearmodels": lm / ours}
+        if has_pf:
+            f = f"{outcome} ~ {' + '.join(regs)} | unit + time"
+            pf_t = timeit(lambda: pyfixest_twfe(panel, f), 3 if big else 15)
+            row.update(pyfixest_ms=pf_t * 1e3, speedup_vs_pyfixest=pf_t / ours)
+        # the numbers agree (a benchmark of different answers would mean nothing)
+        ref = lm_twfe(panel, outcome, regs).params["d"]
+        row["coef_abs_diff_vs_linearmodels"] = abs(est.fit(panel).estimate - ref)
+        rows.append(row)
+    return rows
+
+
+def _robustness_design():
+    import functools
+
+    from experiments.build import _draw_province
+    from experiments.montecarlo import Design
+    from simulate.design import Assignment, Effect, Timing
+    from simulate.province import ProvinceDGP
+
+    draw = functools.partial(_draw_province, ProvinceDGP(), Assignment(), Timing(), Effect())
+    ests = {("lnce", "twfe"): TWFE("lnce"),
+            ("lnce", "twfe_controls"): TWFE("lnce", controls=CONTROLS),
+            ("lnce", "event_study"): EventStudy("lnce")}
+    return Design(draw, ests)
+
+
+def lm_replicate(rng: np.random.Generator) -> None:
+    """The robustness design's three fits done with linearmodels (draw included)."""
+    panel = draw_province(rng)
+    lm_twfe(panel, "lnce", ["d"])
+    lm_twfe(panel, "lnce", ["d", *CONTROLS])
+    cols, _, _ = event_dummies(event_time(panel), 5, 5, -1, True)
+    lm_twfe(panel.assign(**cols), "lnce", list(cols))
+
+
+def bench_montecarlo(n_reps: int, workers: list[int], store: Path) -> list[dict[str, Any]]:
+    from experiments.montecarlo import Backend, run_designs
+
+    design = _robustness_design()
+    rows = []
+    base = None
+    for w in workers:
+        folder = store / f"w{w}-{time.time_ns()}"
+        backend = Backend(kind="sequential") if w == 1 else Backend(kind="loky", n_jobs=w)
+        if w > 1:  # start the worker pool outside the timing, as a long run amortises it
+            run_designs([design], 2 * w, 99, store=folder / "warm", keys=["k"], chunk_size=1,
+                        backend=backend)
+        t0 = time.perf_counter()
+        run_designs([design], n_reps, 1, store=folder, keys=["k"],
+                    chunk_size=max(1, n_reps // (8 * w)), backend=backend)
+        wall = time.perf_counter() - t0
+        rate = n_reps / wall
+        base = base or rate
+        rows.append({"workers": w, "reps": n_reps, "seconds": wall, "reps_per_s": rate,
+                     "parallel_efficiency": rate / (base * w)})
+    n_lm = max(5, n_reps // 40)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for _ in range(n_lm):
+        lm_replicate(rng)
+    lm_per_rep = (time.perf_counter() - t0) / n_lm
+    for r in rows:
+        r["linearmodels_loop_s_per_rep"] = lm_per_rep
+        r["speedup_per_core_vs_linearmodels"] = (r["reps_per_s"] / r["workers"]) * lm_per_rep
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="didlab-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller panels and fewer draws")
+    parser.add_argument("--reps", type=int, default=2000, help="Monte Carlo replicates")
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument("--out", default="outputs/bench", help="folder for bench.json")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}}
+    pd.set_option("display.width", 160)
+    twfe = bench_twfe(args.quick)
+    results["twfe"] = twfe
+    print("\nOne TWFE fit, unit-clustered SEs (median wall time)")
+    print(pd.DataFrame(twfe).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    reps = 200 if args.quick else args.reps
+    mc = bench_montecarlo(reps, [int(w) for w in args.workers.split(",")], out / "store")
+    results["montecarlo"] = mc
+    print("\nMonte Carlo, robustness design (draw + 3 fits per replicate)")
+    print(pd.DataFrame(mc).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for extra in EXTRA_BENCHES:
+        name, rows = extra(args)
+        results[name] = rows
+    (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
+    print(f"\nwritten {out / 'bench.json'}")
+
+
+#: further benchmarks registered by later modules: callables ``args -> (name, rows)``
+EXTRA_BENCHES: list[Callable[[argparse.Namespace], tuple[str, Any]]] = []
+
+if __name__ == "__main__":
+    main()
