@@ -249,37 +249,44 @@ def vcov(fit: OLSFit, se: str, ssc: str, dof: Dof, clusters: np.ndarray | None,
     clusters (``xtreg, fe vce(cluster)``, ``reghdfe``); ``K_full`` counts every dummy
     (``areg``, statsmodels OLS with dummies).
     """
-    check_choice("se", se, SE_TYPES)
-    check_choice("ssc", ssc, SSC_TYPES)
-    n = dof.n_obs
+    factor = ssc_factor(se, ssc, dof)
     e = fit.resid
     if se == "conventional":
         rss = float(e @ (e if weights is None else e * weights))
+        return fit.bread * (rss * factor)
+    if se == "robust":
+        scores = fit.xw * e[:, None]
+        return factor * (fit.bread @ (scores.T @ scores) @ fit.bread)
+    assert clusters is not None
+    scores = cluster_scores(fit.xw * e[:, None], clusters, dof.n_clusters)
+    return factor * (fit.bread @ (scores.T @ scores) @ fit.bread)
+
+
+def ssc_factor(se: str, ssc: str, dof: Dof) -> float:
+    """The small-sample factor of :func:`vcov`'s table (for ``conventional``: 1/denominator
+    of the residual variance). Shared by the fast permutation path."""
+    check_choice("se", se, SE_TYPES)
+    check_choice("ssc", ssc, SSC_TYPES)
+    n = dof.n_obs
+    if se == "conventional":
         denom = n if ssc == "none" else n - dof.k_full
         if denom <= 0:
             raise EstimationError("no residual degrees of freedom for conventional SEs")
-        return fit.bread * (rss / denom)
+        return 1.0 / denom
     if se == "robust":
-        scores = fit.xw * e[:, None]
-        factor = 1.0 if ssc == "none" else n / (n - dof.k_full)
-        return factor * (fit.bread @ (scores.T @ scores) @ fit.bread)
-    assert clusters is not None
+        return 1.0 if ssc == "none" else n / (n - dof.k_full)
     g = dof.n_clusters
     if g < 2:
         raise EstimationError("cluster-robust SEs need at least 2 clusters")
-    scores = cluster_scores(fit.xw * e[:, None], clusters, g)
-    meat = scores.T @ scores
     if ssc == "stata":
-        factor = g / (g - 1) * (n - 1) / (n - dof.k_stata)
-    elif ssc == "full":
-        factor = g / (g - 1) * (n - 1) / (n - dof.k_full)
-    elif ssc == "linearmodels":
+        return g / (g - 1) * (n - 1) / (n - dof.k_stata)
+    if ssc == "full":
+        return g / (g - 1) * (n - 1) / (n - dof.k_full)
+    if ssc == "linearmodels":
         # PanelOLS(cov_type="clustered") with its defaults (auto_df, count_effects): the
         # effects are counted, no G/(G-1); its group_debias=True equals ssc="full".
-        factor = n / (n - dof.k_full)
-    else:
-        factor = 1.0
-    return factor * (fit.bread @ meat @ fit.bread)
+        return n / (n - dof.k_full)
+    return 1.0
 
 
 def cluster_scores(scores: np.ndarray, clusters: np.ndarray, n_clusters: int) -> np.ndarray:

@@ -10,13 +10,16 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from estimators.event_study import EventStudy
+from estimators.placebo import RandomizationInference
 from estimators.panel import OptionError, check_choice
 from estimators.twfe import TWFE
 from simulate.design import Assignment, Effect, Timing
 from simulate.province import ProvinceDGP, draw_province
 
 #: estimator kind -> class; labels in outputs are the config keys, kinds pick the class
-ESTIMATORS: dict[str, type] = {"twfe": TWFE, "event_study": EventStudy}
+ESTIMATORS: dict[str, type] = {"twfe": TWFE, "event_study": EventStudy,
+                               "randomization": RandomizationInference}
+EXACT = {"auto": "auto", "true": True, "false": False}
 DATA_KINDS = ("province",)
 
 
@@ -43,6 +46,13 @@ def build_estimator(label: str, spec: Mapping[str, Any], outcome: str) -> Any:
     for key in ("controls",):
         if key in spec and spec[key] is not None:
             spec[key] = tuple(spec[key])
+    if "base" in spec:  # a wrapper: build the estimator it wraps
+        spec["base"] = build_estimator(f"{label}.base", spec["base"], outcome)
+        if "exact" in spec:
+            check_choice(f"estimator.{label}.exact", str(spec["exact"]).lower(), tuple(EXACT))
+            spec["exact"] = EXACT[str(spec["exact"]).lower()]
+        kwargs = _fields(cls, spec, f"estimator.{label}")
+        return cls(label=label, **kwargs)
     kwargs = _fields(cls, spec, f"estimator.{label}")
     return cls(outcome=outcome, label=label, **kwargs)
 

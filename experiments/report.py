@@ -150,3 +150,52 @@ def diagnosand_figures(diag: pd.DataFrame, axes: Sequence[str], folder: Path,
         sub = sub.groupby(["estimator", *cols], sort=False, as_index=False).first()
         paths.append(diagnosand_figure(sub, a, folder / f"diagnosands_by_{a}.png", hue=hue))
     return paths
+
+
+def placebo_distribution_figure(distribution: pd.DataFrame, summary: pd.DataFrame,
+                                path: Path) -> Path:
+    """Histogram of placebo statistics with the actual statistic marked, one panel per
+    (outcome, estimator), the randomization p-value in the title."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    keys = list(summary[["outcome", "estimator"]].itertuples(index=False, name=None))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
+    for ax, (outcome, label) in zip(axes[0], keys):
+        d = distribution[(distribution["outcome"] == outcome) & (distribution["estimator"] == label)]
+        s = summary[(summary["outcome"] == outcome) & (summary["estimator"] == label)].iloc[0]
+        sns.histplot(d["placebo_statistic"].dropna(), bins=60, stat="density", ax=ax,
+                     color=sns.color_palette("deep")[0], alpha=0.6)
+        ax.axvline(s["actual_statistic"], color="crimson", lw=2, label="actual")
+        ax.axvline(-s["actual_statistic"], color="crimson", lw=1, ls=":")
+        ax.set_title(f"{label} on {outcome}: RI p = {s['ri_p_value']:.4f}", fontsize=10)
+        ax.set_xlabel(f"placebo {'t statistic' if s['statistic'] == 't' else 'estimate'} "
+                      f"({int(s['n_assignments'])} assignments)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Fake-pilot placebo distribution (randomization inference)", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def forest_figure(table: pd.DataFrame, term: str, path: Path, title: str,
+                  reference: str | None = None) -> Path:
+    """Point estimates with CIs, one row per term, one panel per (outcome, estimator)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    keys = list(dict.fromkeys(table[["outcome", "estimator"]].itertuples(index=False, name=None)))
+    n_terms = table.groupby(["outcome", "estimator"]).size().max()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 0.45 * n_terms + 1.6),
+                             squeeze=False)
+    for ax, (outcome, label) in zip(axes[0], keys):
+        g = table[(table["outcome"] == outcome) & (table["estimator"] == label)]
+        y = np.arange(len(g))[::-1]
+        est = g["estimate"].to_numpy()
+        ax.errorbar(est, y, xerr=[est - g["conf_low"], g["conf_high"] - est], fmt="o",
+                    color=sns.color_palette("deep")[0], capsize=3)
+        ax.axvline(0, color="grey", lw=0.8)
+        if reference and reference in g:
+            ax.axvline(g[reference].iloc[0], color="black", lw=1, ls="--")
+        ax.set_yticks(y)
+        ax.set_yticklabels(g[term].astype(str))
+        ax.set_title(f"{label} on {outcome}", fontsize=10)
+        ax.set_xlabel("estimate")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)

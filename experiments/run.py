@@ -19,7 +19,7 @@ from .build import build_draw, build_estimators
 from .montecarlo import (Backend, Design, design_key, diagnose, fit_one, replicate_seed,
                          run_designs)
 
-EXPERIMENT_KINDS = ("single", "montecarlo")
+EXPERIMENT_KINDS = ("single", "montecarlo", "placebo")
 AXES = ("data", "assignment", "timing", "effect")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -198,9 +198,16 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
         sections.append("![event study](figures/event_study.png)\n")
 
     if kind == "single":
-        report_frame = table
-        _write_table(report_frame, out / "results")
+        _write_table(table, out / "results")
         written["results"] = out / "results.parquet"
+    elif kind == "placebo":
+        from .placebo_run import run_placebo
+
+        _write_table(table, out / "results")
+        panel = build_draw(cfg)(np.random.default_rng(replicate_seed(int(cfg.seed), 0)))
+        placebo, extra = run_placebo(cfg, panel, out)
+        written.update(placebo)
+        sections.extend(extra)
     else:
         backend = Backend(**OmegaConf.to_container(cfg.backend, resolve=True))
         backend.validate()

@@ -55,6 +55,32 @@ class EventStudyConf:
 
 
 @dataclass
+class RandomizationConf:
+    """Fake-pilot randomization inference around a base estimator."""
+
+    kind: str = "randomization"
+    base: Dict[str, Any] = field(default_factory=lambda: {"kind": "twfe"})
+    n_perm: int = 499
+    statistic: str = "t"          # t (studentized) | coef
+    exact: str = "false"          # auto | true | false
+    max_exact: int = 1_000_000
+    strata: Optional[str] = None
+
+
+@dataclass
+class PlaceboConf:
+    """What experiment=placebo runs around each base estimator."""
+
+    base: List[str] = field(default_factory=lambda: ["twfe", "twfe_controls"])
+    shifts: List[int] = field(default_factory=lambda: [1, 2, 3])
+    n_perm: int = 9999
+    statistic: str = "t"
+    exact: str = "false"
+    max_exact: int = 1_000_000
+    strata: Optional[str] = None
+
+
+@dataclass
 class BackendConf:
     # sequential | loky (all cores on this machine) | dask (a scheduler address, or a
     # LocalCluster started for the run when address is null)
@@ -68,7 +94,8 @@ class BackendConf:
 @dataclass
 class ExperimentConf:
     # single: one draw, every estimator, a table and an event-study figure;
-    # montecarlo: n_reps draws and the diagnosands
+    # montecarlo: n_reps draws and the diagnosands; placebo: timing placebo, fake-pilot
+    # randomization inference and leave-one-out on one panel
     kind: str = "single"
     name: str = "single"
     n_reps: int = 1
@@ -80,6 +107,7 @@ class ExperimentConf:
     store: str = "outputs/store"
     progress: bool = True
     figures: bool = True
+    placebo: PlaceboConf = field(default_factory=PlaceboConf)
 
 
 @dataclass
@@ -104,7 +132,8 @@ class Config:
     experiment: ExperimentConf = field(default_factory=ExperimentConf)
 
 
-ESTIMATOR_SCHEMAS: dict[str, type] = {"twfe": TWFEConf, "event_study": EventStudyConf}
+ESTIMATOR_SCHEMAS: dict[str, type] = {"twfe": TWFEConf, "event_study": EventStudyConf,
+                                      "randomization": RandomizationConf}
 
 
 def register() -> None:

@@ -76,7 +76,10 @@ def test_single_run_writes_outputs(tmp_path):
     assert head["pretrend_p"].notna().sum() == 2
 
 
-@pytest.mark.parametrize("experiment", options("experiment"))
+MONTE_CARLO = [e for e in options("experiment") if e != "placebo"]
+
+
+@pytest.mark.parametrize("experiment", MONTE_CARLO)
 def test_each_experiment_smoke_runs(tmp_path, experiment):
     cfg = compose([f"experiment={experiment}", "experiment.n_reps=3", "experiment.chunk_size=2",
                    "backend=sequential", f"experiment.store={tmp_path / 'store'}",
@@ -98,3 +101,25 @@ def test_failed_run_is_marked(tmp_path):
     with pytest.raises(OptionError):
         run(cfg, tmp_path)
     assert (tmp_path / "FAILED").exists() and not (tmp_path / "report.md").exists()
+
+
+def test_placebo_experiment_writes_tables_and_figures(tmp_path):
+    cfg = compose(["experiment=placebo", "experiment.placebo.n_perm=199",
+                   "experiment.placebo.shifts=[1,2]", "experiment.placebo.statistic=coef"])
+    out = run(cfg, tmp_path)
+    for name in ("placebo_timing.csv", "placebo_randomization.csv", "placebo_distribution.parquet",
+                 "leave_one_out.csv", "figures/placebo_distribution.png",
+                 "figures/placebo_timing.png", "figures/leave_one_out.png", "report.md"):
+        assert (tmp_path / name).exists(), name
+    ri = out["randomization"]
+    assert set(ri["estimator"]) == {"twfe", "twfe_controls"}
+    assert (ri["n_assignments"] == 199).all() and (ri["statistic"] == "coef").all()
+    assert (ri["ri_p_value"] == 1 / 200).all()  # the -0.3 effect is beyond every placebo
+    assert set(out["timing"]["term"]) == {"shift-1", "shift-2"}
+    assert len(out["leave_one_out"]) == 12
+
+
+def test_placebo_base_must_be_configured(tmp_path):
+    cfg = compose(["experiment=placebo", "experiment.placebo.base=[nope]"])
+    with pytest.raises(OptionError, match="experiment.placebo.base lists 'nope'"):
+        run(cfg, tmp_path)
