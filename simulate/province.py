@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import functools
+
 import numpy as np
 import pandas as pd
+from scipy.signal import lfilter
 
 from estimators.panel import COHORT, D, TIME, UNIT, OptionError, treatment_from_cohort
 
@@ -148,14 +151,26 @@ def lognormal_params(mean: float, sd: float, growth: float, noise_sd: float,
 
 
 def _ar1(rng: np.random.Generator, shape: tuple[int, int], rho: float, sd: float) -> np.ndarray:
-    """Stationary AR(1) along axis 1 with marginal SD ``sd``."""
-    n, t = shape
-    e = rng.standard_normal(shape)
-    out = np.empty(shape)
-    out[:, 0] = e[:, 0] * sd
-    innov = sd * np.sqrt(1 - rho**2)
-    for j in range(1, t):
-        out[:, j] = rho * out[:, j - 1] + innov * e[:, j]
+    """Stationary AR(1) along axis 1 with marginal SD ``sd``:
+    ``x_0 = sd e_0``, ``x_t = rho x_{t-1} + sd sqrt(1 - rho^2) e_t``."""
+    z = rng.standard_normal(shape)
+    z[:, 0] *= sd
+    z[:, 1:] *= sd * np.sqrt(1 - rho**2)
+    return lfilter([1.0], [1.0, -rho], z, axis=1)
+
+
+@functools.lru_cache(maxsize=64)
+def covariate_locations(first_year: int, last_year: int, n_pilot: int, n_other: int
+                        ) -> dict[tuple[str, str], tuple[float, float]]:
+    """(level, group) -> (location m, province-effect SD) for every covariate; a pure
+    function of the calibration targets, computed once per panel shape."""
+    years = np.arange(first_year, last_year + 1)
+    out = {}
+    for level, growth, noise, _ in COVARIATES.values():
+        for g, n_g in (("pilot", n_pilot), ("non_pilot", n_other)):
+            mean, sd = TABLE3[g][level]
+            out[(level, g)] = lognormal_params(mean, sd, growth, noise, years, n_g,
+                                               SD_BOOST.get((level, g), 1.0))
     return out
 
 
@@ -243,15 +258,13 @@ def draw_province(
     factor = rng.standard_normal(n_units)
     logs: dict[str, np.ndarray] = {}
     levels: dict[str, np.ndarray] = {}
+    locations = covariate_locations(dgp.first_year, dgp.last_year, int(profile.sum()),
+                                    int((~profile).sum()))
     for name, (level, growth, noise, loading) in COVARIATES.items():
         loc = np.empty(n_units)
         sd_a = np.empty(n_units)
-        for g in ("pilot", "non_pilot"):
-            mean, sd = TABLE3[g][level]
-            n_g = int((group == g).sum())
-            m, s = lognormal_params(mean, sd, growth, noise, years, n_g,
-                                    SD_BOOST.get((level, g), 1.0))
-            loc[group == g], sd_a[group == g] = m, s
+        for g, mask in (("pilot", profile), ("non_pilot", ~profile)):
+            loc[mask], sd_a[mask] = locations[(level, g)]
         rho_f = dgp.factor_corr if loading != 0 else 0.0
         z = np.sign(loading) * np.sqrt(rho_f) * factor + np.sqrt(1 - rho_f) * rng.standard_normal(n_units)
         a = loc + sd_a * z
