@@ -1,0 +1,446 @@
+"""Callaway and Sant'Anna (2021): group-time ATTs and their aggregations.
+
+Estimate once (every ATT(g,t) with its influence function), aggregate many ways (simple,
+dynamic, group, calendar), as R's ``did`` does. Inference from the influence functions
+(clustered by unit), analytic or by the multiplier bootstrap with uniform bands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import special
+
+from .panel import D, EstimationError, OptionError, check_choice
+from .result import Estimate, critical_value
+from .wide import Wide, to_wide
+
+CONTROL_GROUPS = ("nevertreated", "notyettreated")
+BASE_PERIODS = ("varying", "universal")
+METHODS = ("dr", "reg", "ipw")
+AGGREGATIONS = ("simple", "dynamic", "group", "calendar")
+
+
+# --- 2x2 estimators with influence functions (DRDID, panel versions) -------------------------
+
+def _logit(x: np.ndarray, d: np.ndarray, tol: float = 1e-12, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Logit by Newton-Raphson; returns fitted probabilities and the Hessian-based
+    ``(X'WX/n)^{-1}`` used by the influence function."""
+    beta = np.zeros(x.shape[1])
+    for _ in range(max_iter):
+        p = special.expit(x @ beta)
+        w = p * (1 - p)
+        hess = (x * w[:, None]).T @ x
+        step = np.linalg.solve(hess, x.T @ (d - p))
+        beta += step
+        if np.max(np.abs(step)) < tol:
+            break
+    p = special.expit(x @ beta)
+    hess = (x * (p * (1 - p))[:, None]).T @ x
+    return p, np.linalg.inv(hess / x.shape[0])
+
+
+def did_2x2(dy: np.ndarray, treat: np.ndarray, x: np.ndarray, method: str) -> tuple[float, np.ndarray]:
+    """ATT of a panel 2x2 comparison and its influence function (Sant'Anna and Zhao 2020).
+
+    Parameters
+    ----------
+    dy
+        Outcome change per unit (post minus base period).
+    treat
+        1 for the treated group, 0 for the comparison group.
+    x
+        Covariates at the base period with an intercept column (``(n, k)``).
+    method
+        ``"dr"`` (doubly robust, DRDID::drdid_panel), ``"reg"`` (outcome regression,
+        reg_did_panel) or ``"ipw"`` (normalised IPW, std_ipw_did_panel).
+    """
+    n = dy.size
+    dmask = treat == 1
+    w_treat = treat.astype(float)
+    if method in ("reg", "dr"):
+        xc = x[~dmask]
+        coef, *_ = np.linalg.lstsq(xc, dy[~dmask], rcond=None)
+        out_delta = x @ coef
+        w_ols = 1.0 - w_treat
+        xpx_inv = np.linalg.inv((x * w_ols[:, None]).T @ x / n)
+        lin_ols = (w_ols * (dy - out_delta))[:, None] * x @ xpx_inv
+    if method in ("ipw", "dr"):
+        if x.shape[1] == 1:
+            ps = np.full(n, w_treat.mean())
+            hess_inv = np.linalg.inv((x * (ps * (1 - ps))[:, None]).T @ x / n)
+        else:
+            ps, hess_inv = _logit(x, w_treat)
+        ps = np.minimum(ps, 1 - 1e-6)
+        lin_ps = ((w_treat - ps)[:, None] * x) @ hess_inv
+        w_cont = ps * (1 - w_treat) / (1 - ps)
+    if method == "reg":
+        att_t = w_treat * dy
+        att_c = w_treat * out_delta
+        eta_t = att_t.mean() / w_treat.mean()
+        eta_c = att_c.mean() / w_treat.mean()
+        inf_t = (att_t - w_treat * eta_t) / w_treat.mean()
+        m1 = (w_treat[:, None] * x).mean(axis=0)
+        inf_c = (att_c - w_treat * eta_c + lin_ols @ m1) / w_treat.mean()
+        return eta_t - eta_c, inf_t - inf_c
+    if method == "ipw":
+        att_t = w_treat * dy
+        att_c = w_cont * dy
+        eta_t = att_t.mean() / w_treat.mean()
+        eta_c = att_c.mean() / w_cont.mean()
+        inf_t = (att_t - w_treat * eta_t) / w_treat.mean()
+        m2 = ((w_cont * (dy - eta_c))[:, None] * x).mean(axis=0)
+        inf_c = (att_c - w_cont * eta_c + lin_ps @ m2) / w_cont.mean()
+        return eta_t - eta_c, inf_t - inf_c
+    resid = dy - out_delta
+    att_t = w_treat * resid
+    att_c = w_cont * resid
+    eta_t = att_t.mean() / w_treat.mean()
+    eta_c = att_c.mean() / w_cont.mean()
+    inf_t = (att_t - w_treat * eta_t - lin_ols @ (w_treat[:, None] * x).mean(axis=0)) / w_treat.mean()
+    m2 = ((w_cont * (resid - eta_c))[:, None] * x).mean(axis=0)
+    m3 = (w_cont[:, None] * x).mean(axis=0)
+    inf_c = (att_c - w_cont * eta_c + lin_ps @ m2 - lin_ols @ m3) / w_cont.mean()
+    return eta_t - eta_c, inf_t - inf_c
+
+
+# --- group-time ATTs -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GroupTime:
+    """All ATT(g,t) of a panel with their influence functions (n_units x n_cells)."""
+
+    group: np.ndarray      # (m,) cohort of each cell
+    time: np.ndarray       # (m,) period of each cell
+    att: np.ndarray        # (m,)
+    inf: np.ndarray        # (n, m) influence functions, unit-level
+    pg: np.ndarray         # (m,) P(G = g) of each cell's cohort
+    cohort: np.ndarray     # (n,) each unit's cohort
+    n: int
+
+    def se(self) -> np.ndarray:
+        return np.sqrt(np.mean(self.inf**2, axis=0) / self.n)
+
+
+def group_time(w: Wide, control_group: str, base_period: str, anticipation: int, method: str,
+               covariates: Sequence[str]) -> GroupTime:
+    """Estimate every ATT(g,t) as R ``did::att_gt`` does (balanced panel)."""
+    periods = w.periods
+    groups = np.unique(w.cohort[w.cohort > 0])
+    groups = groups[groups > periods[0] + anticipation]  # need a pre-period
+    if groups.size == 0:
+        raise EstimationError("no treated cohort has a pre-treatment period in the sample")
+    n = w.n
+    cells_g, cells_t, atts, infs = [], [], [], []
+    for g in groups:
+        pre = np.flatnonzero(periods + anticipation < g)
+        g_base = pre[-1]
+        for ti in range(1, periods.size):
+            t = periods[ti]
+            if base_period == "varying":
+                base = g_base if t >= g - anticipation else ti - 1
+            else:
+                base = g_base
+                if ti == base:
+                    continue
+            treated = w.cohort == g
+            if control_group == "nevertreated":
+                control = w.cohort == 0
+            else:
+                later = max(t, periods[base]) + anticipation
+                control = (w.cohort == 0) | ((w.cohort > later) & (w.cohort != g))
+            keep = treated | control
+            if not control.any():
+                continue
+            dy = w.y[keep, ti] - w.y[keep, base]
+            x = np.ones((int(keep.sum()), 1))
+            if covariates:
+                x = np.column_stack([x] + [w.x[c][keep, base] for c in covariates])
+            att, inf_sub = did_2x2(dy, treated[keep].astype(int), x, method)
+            inf = np.zeros(n)
+            inf[keep] = inf_sub * (n / keep.sum())
+            cells_g.append(g)
+            cells_t.append(t)
+            atts.append(att)
+            infs.append(inf)
+    if not atts:
+        raise EstimationError("no group-time cell has a comparison group")
+    group = np.array(cells_g)
+    pg_by_g = {g: np.mean(w.cohort == g) for g in groups}
+    return GroupTime(group, np.array(cells_t), np.array(atts), np.column_stack(infs),
+                     np.array([pg_by_g[g] for g in group]), w.cohort, n)
+
+
+def _wif(keepers: np.ndarray, pg: np.ndarray, cohort: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Influence function of estimated aggregation weights pg/sum(pg) (R did's ``wif``)."""
+    pk = pg[keepers]
+    ind = np.column_stack([(cohort == group[k]).astype(float) for k in keepers])  # (n, K)
+    if1 = (ind - pk) / pk.sum()
+    if2 = np.outer((ind - pk).sum(axis=1), pk / pk.sum() ** 2)
+    return if1 - if2
+
+
+def _agg(gt: GroupTime, keepers: np.ndarray, weights: np.ndarray, with_wif: bool,
+         att: np.ndarray | None = None, inf: np.ndarray | None = None,
+         group: np.ndarray | None = None, pg: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    att = gt.att if att is None else att
+    inf = gt.inf if inf is None else inf
+    est = float(att[keepers] @ weights)
+    out = inf[:, keepers] @ weights
+    if with_wif:
+        out = out + _wif(keepers, gt.pg if pg is None else pg, gt.cohort,
+                         gt.group if group is None else group) @ att[keepers]
+    return est, out
+
+
+def aggregate(gt: GroupTime, kind: str) -> tuple[pd.DataFrame, float, np.ndarray]:
+    """Aggregate ATT(g,t) as R ``did::aggte``: returns the per-level table (its ``inf``
+    column holds influence functions), the overall estimate and its influence function."""
+    check_choice("aggregation", kind, AGGREGATIONS)
+    post = gt.group <= gt.time
+    if kind == "simple":
+        k = np.flatnonzero(post)
+        est, inf = _agg(gt, k, gt.pg[k] / gt.pg[k].sum(), True)
+        return pd.DataFrame({"level": ["ATT"], "estimate": [est], "inf": [inf]}), est, inf
+    rows, infs = [], []
+    if kind == "dynamic":
+        e_all = gt.time - gt.group
+        levels = np.unique(e_all)
+        for e in levels:
+            k = np.flatnonzero(e_all == e)
+            est, inf = _agg(gt, k, gt.pg[k] / gt.pg[k].sum(), True)
+            rows.append(e)
+            infs.append((est, inf))
+        table = pd.DataFrame({"level": rows, "estimate": [a for a, _ in infs]})
+        pos = np.asarray(rows) >= 0
+        overall = float(np.mean([a for (a, _), p in zip(infs, pos) if p]))
+        inf_overall = np.mean([i for (_, i), p in zip(infs, pos) if p], axis=0)
+    elif kind == "group":
+        glist = np.unique(gt.group)
+        for g in glist:
+            k = np.flatnonzero((gt.group == g) & post)
+            est, inf = _agg(gt, k, np.full(k.size, 1.0 / k.size), False)
+            rows.append(g)
+            infs.append((est, inf))
+        table = pd.DataFrame({"level": rows, "estimate": [a for a, _ in infs]})
+        att_g = np.array([a for a, _ in infs])
+        inf_g = np.column_stack([i for _, i in infs])
+        pg_g = np.array([np.mean(gt.cohort == g) for g in glist])
+        keep = np.arange(glist.size)
+        overall, inf_overall = _agg(gt, keep, pg_g / pg_g.sum(), True, att=att_g, inf=inf_g,
+                                    group=glist, pg=pg_g)
+    else:
+        tlist = np.unique(gt.time[gt.time >= gt.group.min()])
+        for t in tlist:
+            k = np.flatnonzero((gt.time == t) & post)
+            est, inf = _agg(gt, k, gt.pg[k] / gt.pg[k].sum(), True)
+            rows.append(t)
+            infs.append((est, inf))
+        table = pd.DataFrame({"level": rows, "estimate": [a for a, _ in infs]})
+        overall = float(np.mean([a for a, _ in infs]))
+        inf_overall = np.mean([i for _, i in infs], axis=0)
+    table["inf"] = [i for _, i in infs]
+    return table, overall, inf_overall
+
+
+def multiplier_bootstrap(inf: np.ndarray, n_boot: int, rng: np.random.Generator
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """R did's multiplier bootstrap with Mammen weights.
+
+    Returns the bootstrap SEs (IQR / (z_.75 - z_.25) / sqrt(n), quantile type 1) and the
+    draws of ``max |b / sigma|`` for uniform bands.
+    """
+    n = inf.shape[0]
+    s5 = np.sqrt(5.0)
+    v = np.where(rng.random((n_boot, n)) < (s5 + 1) / (2 * s5), (1 - s5) / 2, (1 + s5) / 2)
+    bres = np.sqrt(n) * (v @ inf) / n                       # (B, m)
+    q75 = np.quantile(bres, 0.75, axis=0, method="inverted_cdf")
+    q25 = np.quantile(bres, 0.25, axis=0, method="inverted_cdf")
+    sigma = (q75 - q25) / (special.ndtri(0.75) - special.ndtri(0.25))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tmax = np.nanmax(np.abs(bres / sigma), axis=1)
+    return sigma / np.sqrt(n), tmax
+
+
+@dataclass(frozen=True)
+class CallawaySantAnna:
+    """Callaway and Sant'Anna (2021) staggered DID.
+
+    Parameters
+    ----------
+    outcome, covariates
+        Outcome and covariates (measured at each comparison's base period).
+    control_group
+        ``"nevertreated"`` (default) or ``"notyettreated"``.
+    base_period
+        ``"varying"`` (default, R did) or ``"universal"`` (g - 1 - anticipation for all t).
+    method
+        ``"dr"`` (doubly robust, default), ``"reg"`` or ``"ipw"``.
+    aggregation
+        Headline aggregation: ``"simple"`` (default), ``"dynamic"`` (mean of event-time
+        effects e >= 0), ``"group"`` or ``"calendar"``; every aggregation's detail lands in
+        ``terms``.
+    anticipation
+        Periods of anticipation.
+    bootstrap
+        Multiplier bootstrap (Mammen weights) for SEs and uniform bands; needs ``rng``.
+        ``False`` gives analytic influence-function SEs.
+
+    Notes
+    -----
+    ATT(g,t) = E[Y_t - Y_b | G = g] - E[Y_t - Y_b | C] for comparison group C, with
+    ``b = g - 1 - anticipation`` for post periods (and ``t - 1`` for pre periods under the
+    varying base). Identification: parallel trends of the comparison group conditional on
+    covariates, no anticipation beyond ``anticipation``, overlap. Influence functions are
+    R did's (DRDID panel estimators, weights' estimation included in aggregations);
+    clustering at the unit. Implemented for balanced panels.
+    """
+
+    outcome: str
+    covariates: Sequence[str] = ()
+    control_group: str = "nevertreated"
+    base_period: str = "varying"
+    method: str = "dr"
+    aggregation: str = "simple"
+    anticipation: int = 0
+    bootstrap: bool = False
+    n_boot: int = 999
+    alpha: float = 0.05
+    label: str = "callaway_santanna"
+
+    def group_time(self, panel: pd.DataFrame) -> GroupTime:
+        check_choice("control_group", self.control_group, CONTROL_GROUPS)
+        check_choice("base_period", self.base_period, BASE_PERIODS)
+        check_choice("method", self.method, METHODS)
+        check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        if self.anticipation < 0:
+            raise OptionError(f"anticipation={self.anticipation} must be >= 0")
+        w = to_wide(panel, self.outcome, tuple(self.covariates), "Callaway-Sant'Anna")
+        return group_time(w, self.control_group, self.base_period, self.anticipation,
+                          self.method, tuple(self.covariates))
+
+    def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
+        gt = self.group_time(panel)
+        if self.bootstrap and rng is None:
+            raise OptionError("bootstrap=True needs a generator: fit(panel, rng=...)")
+        frames = []
+        overall: dict[str, tuple[float, np.ndarray]] = {}
+        for kind in AGGREGATIONS:
+            table, est, inf = aggregate(gt, kind)
+            table.insert(0, "aggregation", kind)
+            frames.append(table)
+            overall[kind] = (est, inf)
+        cell = pd.DataFrame({"aggregation": "group_time",
+                             "level": [f"{g}:{t}" for g, t in zip(gt.group, gt.time)],
+                             "estimate": gt.att, "inf": list(gt.inf.T),
+                             "group": gt.group, "time": gt.time})
+        frames.insert(0, cell)
+        detail = pd.concat(frames, ignore_index=True)
+        for kind in AGGREGATIONS:
+            if kind != "simple":
+                detail = pd.concat([detail, pd.DataFrame({
+                    "aggregation": [kind], "level": ["overall"], "estimate": [overall[kind][0]],
+                    "inf": [overall[kind][1]]})], ignore_index=True)
+        infs = np.column_stack(detail["inf"].to_list())
+        crit = critical_value(self.alpha, None)
+        if self.bootstrap:
+            se, tmax = multiplier_bootstrap(infs, self.n_boot, rng)
+            uniform = float(np.quantile(tmax, 1 - self.alpha, method="inverted_cdf"))
+            inference = f"multiplier bootstrap ({self.n_boot} draws, Mammen), clustered by unit"
+        else:
+            se = np.sqrt(np.mean(infs**2, axis=0) / gt.n)
+            uniform = float("nan")
+            inference = "influence function, clustered by unit, normal"
+        est = detail["estimate"].to_numpy(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            stat = est / se
+        terms = pd.DataFrame({
+            "term": [f"{a}:{l}" for a, l in zip(detail["aggregation"], detail["level"])],
+            "estimate": est, "std_error": se, "statistic": stat,
+            "p_value": 2 * special.ndtr(-np.abs(stat)),
+            "conf_low": est - crit * se, "conf_high": est + crit * se,
+            "aggregation": detail["aggregation"].to_numpy(),
+            "level": detail["level"].astype(str).to_numpy(),
+        })
+        if self.bootstrap:
+            # uniform (simultaneous) band for the event-time effects, as R did's cband
+            dyn = (terms["aggregation"] == "dynamic") & (terms["level"] != "overall")
+            dyn_idx = np.flatnonzero(dyn.to_numpy())
+            _, tmax_dyn = multiplier_bootstrap(infs[:, dyn_idx], self.n_boot,
+                                               np.random.default_rng(rng.integers(2**63)))
+            ucrit = float(np.quantile(tmax_dyn, 1 - self.alpha, method="inverted_cdf"))
+            terms["uniform_low"] = np.nan
+            terms["uniform_high"] = np.nan
+            terms.loc[dyn, "uniform_low"] = est[dyn_idx] - ucrit * se[dyn_idx]
+            terms.loc[dyn, "uniform_high"] = est[dyn_idx] + ucrit * se[dyn_idx]
+        terms["event_time"] = np.where(
+            (terms["aggregation"] == "dynamic") & (terms["level"] != "overall"),
+            pd.to_numeric(terms["level"], errors="coerce"), np.nan)
+        head_name = "simple:ATT" if self.aggregation == "simple" else f"{self.aggregation}:overall"
+        h = int(np.flatnonzero(terms["term"].to_numpy() == head_name)[0])
+        pre = terms[(terms["aggregation"] == "group_time")]
+        pre_mask = (gt.time < gt.group - self.anticipation)
+        diagnostics: dict[str, float] = {"n_cells": float(gt.att.size)}
+        if pre_mask.any():
+            idx = np.flatnonzero(pre_mask)
+            b = gt.att[idx]
+            v = gt.inf[:, idx].T @ gt.inf[:, idx] / gt.n**2
+            try:
+                wald = float(b @ np.linalg.solve(v, b))
+                diagnostics.update(pretrend_chi2=wald, pretrend_df1=float(idx.size),
+                                   pretrend_p=float(special.chdtrc(idx.size, wald)))
+            except np.linalg.LinAlgError:
+                pass
+        if self.bootstrap:
+            diagnostics["uniform_crit"] = ucrit
+        del pre, uniform
+        return Estimate(
+            estimator=self.label, term="ATT" if self.aggregation == "simple" else f"ATT_{self.aggregation}",
+            estimate=float(est[h]), std_error=float(se[h]), p_value=float(terms["p_value"].iloc[h]),
+            conf_low=float(terms["conf_low"].iloc[h]), conf_high=float(terms["conf_high"].iloc[h]),
+            alpha=self.alpha, n_obs=int(gt.n * panel_periods(panel)), n_units=gt.n,
+            n_clusters=gt.n, inference=inference, terms=terms, diagnostics=diagnostics,
+            notes=(f"control group: {self.control_group}; base period: {self.base_period}; "
+                   f"method: {self.method}",),
+        )
+
+    def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
+        """True simple ATT (mean effect over treated unit-periods, cohorts weighted by size,
+        as the simple aggregation) and dynamic overall on a simulated panel."""
+        return staggered_truth(panel, self.outcome, self.anticipation)
+
+
+def panel_periods(panel: pd.DataFrame) -> int:
+    from .panel import TIME
+
+    return int(panel[TIME].nunique())
+
+
+def staggered_truth(panel: pd.DataFrame, outcome: str, anticipation: int = 0) -> dict[str, float]:
+    """Estimands of the staggered estimators on a simulated panel (``te_<outcome>``):
+    ``ATT`` (mean over treated unit-periods), ``ATT_dynamic`` (mean over e >= 0 of the
+    event-time ATTs), ``ATT_group`` and ``ATT_calendar``, and ``ev+k`` event-time ATTs."""
+    from .panel import COHORT, TIME
+
+    te = panel[f"te_{outcome}"].to_numpy()
+    coh = panel[COHORT].to_numpy()
+    t = panel[TIME].to_numpy()
+    d = panel[D].to_numpy() == 1
+    out = {"ATT": float(te[d].mean())}
+    e = np.where(coh > 0, t - coh, np.nan)
+    ev = {}
+    for k in np.unique(e[~np.isnan(e)]):
+        m = e == k
+        ev[int(k)] = float(te[m].mean())
+        out[f"ev{int(k):+d}"] = ev[int(k)]
+    out["ATT_dynamic"] = float(np.mean([v for k, v in ev.items() if k >= 0]))
+    groups = np.unique(coh[coh > 0])
+    by_g = {g: te[d & (coh == g)].mean() for g in groups}
+    sizes = {g: np.unique(panel.loc[coh == g, "unit"]).size for g in groups}
+    out["ATT_group"] = float(sum(by_g[g] * sizes[g] for g in groups) / sum(sizes.values()))
+    cal = [te[d & (t == s)].mean() for s in np.unique(t[d])]
+    out["ATT_calendar"] = float(np.mean(cal))
+    return out
