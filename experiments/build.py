@@ -9,18 +9,26 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from estimators.bacon import BaconDecomposition
+from estimators.callaway_santanna import CallawaySantAnna
 from estimators.event_study import EventStudy
+from estimators.imputation import Imputation
 from estimators.placebo import RandomizationInference
+from estimators.sun_abraham import SunAbraham
 from estimators.panel import OptionError, check_choice
 from estimators.twfe import TWFE
+from simulate.city import CityDGP, draw_city
 from simulate.design import Assignment, Effect, Timing
 from simulate.province import ProvinceDGP, draw_province
 
 #: estimator kind -> class; labels in outputs are the config keys, kinds pick the class
-ESTIMATORS: dict[str, type] = {"twfe": TWFE, "event_study": EventStudy,
-                               "randomization": RandomizationInference}
+ESTIMATORS: dict[str, type] = {
+    "twfe": TWFE, "event_study": EventStudy, "randomization": RandomizationInference,
+    "callaway_santanna": CallawaySantAnna, "sun_abraham": SunAbraham,
+    "imputation": Imputation, "bacon": BaconDecomposition,
+}
 EXACT = {"auto": "auto", "true": True, "false": False}
-DATA_KINDS = ("province",)
+DATA_KINDS = ("province", "city")
 
 
 def _plain(node: Any) -> Any:
@@ -43,7 +51,7 @@ def build_estimator(label: str, spec: Mapping[str, Any], outcome: str) -> Any:
     kind = spec.pop("kind", None)
     check_choice(f"estimator.{label}.kind", kind, tuple(ESTIMATORS))
     cls = ESTIMATORS[kind]
-    for key in ("controls",):
+    for key in ("controls", "covariates"):
         if key in spec and spec[key] is not None:
             spec[key] = tuple(spec[key])
     if "base" in spec:  # a wrapper: build the estimator it wraps
@@ -61,6 +69,11 @@ def build_estimators(cfg: DictConfig, outcomes: list[str]) -> dict[tuple[str, st
     """(outcome, label) -> estimator, for every configured estimator and outcome."""
     if not cfg.estimator:
         raise OptionError("no estimator configured; choose some, e.g. estimator=[twfe,event_study]")
+    known = list(cfg.data.get("outcomes", []))
+    for outcome in outcomes:
+        if known and outcome not in known:
+            raise OptionError(f"experiment.outcomes lists {outcome!r}, which data={cfg.data.kind} "
+                              f"does not have; its outcomes: {known}")
     return {
         (outcome, label): build_estimator(label, spec, outcome)
         for outcome in outcomes
@@ -77,7 +90,8 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
     """A picklable function ``rng -> panel`` for the configured design."""
     kind = cfg.data.kind
     check_choice("data.kind", kind, DATA_KINDS)
-    dgp = _dataclass(ProvinceDGP, cfg.data, "data", drop=("kind", "outcomes", "controls"))
+    cls = ProvinceDGP if kind == "province" else CityDGP
+    dgp = _dataclass(cls, cfg.data, "data", drop=("kind", "outcomes", "controls"))
     assignment = _dataclass(Assignment, cfg.assignment, "assignment")
     timing = _dataclass(Timing, cfg.timing, "timing")
     effect = _dataclass(Effect, cfg.effect, "effect")
@@ -85,10 +99,20 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
     dgp.validate()
     effect.validate()
     timing.validate()
+    if kind == "city":
+        check_choice("assignment.kind", assignment.kind, ("actual", "random", "selected"))
+        return functools.partial(_draw_city, dgp, assignment, timing, effect)
     assignment.validate(30)
+    if effect.het_cohort != 0:
+        raise OptionError("effect.het_cohort is used by the city panel (data=city) only")
     return functools.partial(_draw_province, dgp, assignment, timing, effect)
 
 
 def _draw_province(dgp: ProvinceDGP, assignment: Assignment, timing: Timing, effect: Effect,
                    rng: np.random.Generator) -> pd.DataFrame:
     return draw_province(rng, dgp, assignment, timing, effect)
+
+
+def _draw_city(dgp: CityDGP, assignment: Assignment, timing: Timing, effect: Effect,
+               rng: np.random.Generator) -> pd.DataFrame:
+    return draw_city(rng, dgp, assignment, timing, effect)

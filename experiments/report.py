@@ -61,25 +61,35 @@ def event_study_figure(terms: pd.DataFrame, path: Path, title: str) -> Path:
     """
     sns.set_theme(style="whitegrid", context="notebook")
     outcomes = list(dict.fromkeys(terms["outcome"]))
-    fig, axes = plt.subplots(1, len(outcomes), figsize=(5.2 * len(outcomes), 3.8), squeeze=False)
+    wide = terms["estimator"].nunique() > 2
+    fig, axes = plt.subplots(1, len(outcomes), figsize=((8.5 if wide else 5.2) * len(outcomes), 4.2),
+                             squeeze=False)
     palette = sns.color_palette("deep")
     for ax, outcome in zip(axes[0], outcomes):
         sub = terms[terms["outcome"] == outcome]
+        n_est = sub["estimator"].nunique()
+        # the true path from the estimator covering the most event times (unbinned)
+        if "truth" in sub:
+            best = sub.dropna(subset=["truth"]).groupby("estimator")["event_time"].nunique()
+            if len(best):
+                g = sub[sub["estimator"] == best.idxmax()].sort_values("event_time")
+                ax.plot(g["event_time"], g["truth"], color="black", lw=1.5, ls="--",
+                        label="true effect", zorder=5)
         for i, (label, g) in enumerate(sub.groupby("estimator", sort=False)):
             g = g.sort_values("event_time")
-            x = g["event_time"].to_numpy() + 0.12 * i
+            x = g["event_time"].to_numpy() + 0.14 * (i - (n_est - 1) / 2)
             y = g["estimate"].to_numpy()
             ax.errorbar(x, y, yerr=[y - g["conf_low"], g["conf_high"] - y], fmt="o",
                         color=palette[i], capsize=3, ms=5, label=f"{label} (95% CI)")
-            if "truth" in g and np.isfinite(g["truth"]).any():
-                ax.plot(g["event_time"], g["truth"], color="black", lw=1.5, ls="--",
-                        label="true effect" if i == 0 else None)
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(-0.5, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("years since treatment (reference -1)")
         ax.set_ylabel(f"effect on {outcome}")
         ax.set_title(outcome)
-        ax.legend(fontsize=8, loc="lower left")
+        if wide:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -197,5 +207,22 @@ def forest_figure(table: pd.DataFrame, term: str, path: Path, title: str,
         ax.set_title(f"{label} on {outcome}", fontsize=10)
         ax.set_xlabel("estimate")
     fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def bacon_figure(terms: pd.DataFrame, twfe: float, path: Path, title: str) -> Path:
+    """Goodman-Bacon scatter: each 2x2 comparison's estimate against its weight, coloured
+    by comparison type, with the TWFE coefficient (their weighted sum) as a line."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    pairs = terms[terms["level"] == "pair"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    sns.scatterplot(data=pairs, x="weight", y="estimate", hue="type", style="type", s=70, ax=ax)
+    ax.axhline(twfe, color="black", lw=1, ls="--", label=f"TWFE = {twfe:.4f}")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("weight in the TWFE coefficient")
+    ax.set_ylabel("2x2 DID estimate")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title, fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)

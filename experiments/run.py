@@ -104,30 +104,48 @@ def _hash_payload(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def single_draw(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+def single_draw(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame, list]:
     """Draw replicate 0 of the configured design and fit every estimator on it.
 
-    Returns the headline table and the event-time terms (with their truths).
+    Returns the headline table, the event-time terms (with their truths) and any
+    Goodman-Bacon decompositions as (outcome, label, Estimate).
     """
     draw = build_draw(cfg)
     outcomes = list(cfg.experiment.outcomes)
     estimators = build_estimators(cfg, outcomes)
     panel = draw(np.random.default_rng(replicate_seed(int(cfg.seed), 0)))
     rows, ev = [], []
+    bacon = []
     for (outcome, label), est in estimators.items():
         rows.extend(fit_one(est, panel, None, "single", 0, outcome, label))
-        if hasattr(est, "_window"):
-            fitted = est.fit(panel)
-            truth = est.estimand(panel)
-            t = fitted.terms.dropna(subset=["event_time"]).copy()
-            t["truth"] = [truth.get(n, np.nan) for n in t["term"]]
-            t["outcome"], t["estimator"] = outcome, label
-            ref = pd.DataFrame({"term": [f"ev{est.ref:+d}"], "estimate": [0.0], "conf_low": [0.0],
-                                "conf_high": [0.0], "event_time": [float(est.ref)], "truth": [0.0],
-                                "outcome": [outcome], "estimator": [label]})
-            ev.append(pd.concat([t, ref], ignore_index=True))
+        if type(est).__name__ == "BaconDecomposition" and not rows[-1]["error"]:
+            bacon.append((outcome, label, est.fit(panel)))
+        if rows[-1]["error"] or "event_time" not in _terms_columns(est):
+            continue
+        fitted = est.fit(panel)
+        t = fitted.terms.dropna(subset=["event_time"]).copy()
+        if t.empty:
+            continue
+        truth = est.estimand(panel) if hasattr(est, "estimand") else {}
+        t["truth"] = [truth.get(f"ev{int(e):+d}", np.nan) for e in t["event_time"]]
+        t["outcome"], t["estimator"] = outcome, label
+        ref = getattr(est, "ref", None)
+        if ref is not None and not (t["event_time"] == ref).any():
+            t = pd.concat([t, pd.DataFrame({
+                "term": [f"ev{ref:+d}"], "estimate": [0.0], "conf_low": [0.0], "conf_high": [0.0],
+                "event_time": [float(ref)], "truth": [0.0], "outcome": [outcome],
+                "estimator": [label]})], ignore_index=True)
+        ev.append(t[["outcome", "estimator", "term", "event_time", "estimate", "conf_low",
+                     "conf_high", "truth"]])
     table = pd.DataFrame(rows)
-    return table, (pd.concat(ev, ignore_index=True) if ev else pd.DataFrame())
+    return table, (pd.concat(ev, ignore_index=True) if ev else pd.DataFrame()), bacon
+
+
+def _terms_columns(est: Any) -> set[str]:
+    """Which kinds of detail an estimator reports (event-time estimators report
+    ``event_time``), without fitting it."""
+    kinds = {"EventStudy", "SunAbraham", "CallawaySantAnna", "Imputation"}
+    return {"event_time"} if type(est).__name__ in kinds else set()
 
 
 SINGLE_COLUMNS = ["outcome", "estimator", "term", "truth", "estimate", "std_error", "conf_low",
@@ -184,7 +202,7 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
     written: dict[str, Any] = {"config": out / "config.yaml"}
     sections: list[str] = [f"# didlab — {cfg.experiment.name}\n"]
 
-    table, ev = single_draw(cfg)
+    table, ev, bacon = single_draw(cfg)
     shown = table[table["role"] == "headline"][SINGLE_COLUMNS]
     _print_table(f"One draw of the design (seed {cfg.seed}); truth = the draw's true effect", shown)
     sections.append(f"## One draw of the design (seed {cfg.seed})\n\n"
@@ -193,9 +211,17 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
                     + report.markdown_table(shown) + "\n")
     if len(ev) and cfg.experiment.figures:
         p = report.event_study_figure(ev, figures / "event_study.png",
-                                      f"Event study, one draw (seed {cfg.seed}), with the true effect path")
+                                      f"Event-time effects, one draw (seed {cfg.seed}), with the true path")
         written["event_study_figure"] = p
         sections.append("![event study](figures/event_study.png)\n")
+    for outcome, label, fitted in bacon:
+        types = fitted.terms[fitted.terms["level"] == "type"][["term", "weight", "estimate"]]
+        sections.append(f"### Goodman-Bacon decomposition ({label}, {outcome})\n\n"
+                        + report.markdown_table(types) + "\n")
+        if cfg.experiment.figures:
+            p = report.bacon_figure(fitted.terms, fitted.estimate, figures / f"bacon_{outcome}.png",
+                                    f"Goodman-Bacon decomposition of TWFE on {outcome}")
+            sections.append(f"![bacon](figures/{p.name})\n")
 
     if kind == "single":
         _write_table(table, out / "results")

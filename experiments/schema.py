@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import II, MISSING
 
+from simulate.city import CityDGP
 from simulate.design import Assignment, Effect, Timing
 from simulate.province import CONTROLS, ProvinceDGP
 
@@ -25,6 +26,15 @@ class ProvinceData(ProvinceDGP):
     kind: str = "province"
     outcomes: List[str] = field(default_factory=lambda: ["lnce", "lncei"])
     controls: List[str] = field(default_factory=lambda: list(CONTROLS))
+
+
+@dataclass
+class CityData(CityDGP):
+    """The simulated city panel (seed 001's setting: 282 cities, staggered adoption)."""
+
+    kind: str = "city"
+    outcomes: List[str] = field(default_factory=lambda: ["nqpf"])
+    controls: List[str] = field(default_factory=lambda: ["lnpgdp"])
 
 
 @dataclass
@@ -52,6 +62,47 @@ class EventStudyConf:
     ssc: str = "stata"
     dist: str = "t"
     alpha: float = 0.05
+
+
+@dataclass
+class CallawaySantAnnaConf:
+    kind: str = "callaway_santanna"
+    covariates: List[str] = field(default_factory=list)
+    control_group: str = "nevertreated"
+    base_period: str = "varying"
+    method: str = "dr"
+    aggregation: str = "simple"
+    anticipation: int = 0
+    bootstrap: bool = False
+    n_boot: int = 999
+    alpha: float = 0.05
+
+
+@dataclass
+class SunAbrahamConf:
+    kind: str = "sun_abraham"
+    controls: List[str] = field(default_factory=list)
+    control: str = "never"
+    ref: int = -1
+    cluster: Optional[str] = "unit"
+    se: str = "cluster"
+    ssc: str = "stata"
+    dist: str = "t"
+    alpha: float = 0.05
+
+
+@dataclass
+class ImputationConf:
+    kind: str = "imputation"
+    controls: List[str] = field(default_factory=list)
+    horizons: Optional[int] = None
+    pretrend_leads: int = 3
+    alpha: float = 0.05
+
+
+@dataclass
+class BaconConf:
+    kind: str = "bacon"
 
 
 @dataclass
@@ -100,7 +151,7 @@ class ExperimentConf:
     name: str = "single"
     n_reps: int = 1
     chunk_size: int = 25
-    outcomes: List[str] = field(default_factory=lambda: ["lnce", "lncei"])
+    outcomes: List[str] = II("data.outcomes")  # the data's outcomes unless an experiment says
     # cells run inside one (non-multirun) job: group -> list of options of that group
     grid: Dict[str, List[str]] = field(default_factory=dict)
     # where resumable chunks live, keyed by a hash of everything that fixes the numbers
@@ -132,8 +183,11 @@ class Config:
     experiment: ExperimentConf = field(default_factory=ExperimentConf)
 
 
-ESTIMATOR_SCHEMAS: dict[str, type] = {"twfe": TWFEConf, "event_study": EventStudyConf,
-                                      "randomization": RandomizationConf}
+ESTIMATOR_SCHEMAS: dict[str, type] = {
+    "twfe": TWFEConf, "event_study": EventStudyConf, "randomization": RandomizationConf,
+    "callaway_santanna": CallawaySantAnnaConf, "sun_abraham": SunAbrahamConf,
+    "imputation": ImputationConf, "bacon": BaconConf,
+}
 
 
 def register() -> None:
@@ -141,6 +195,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="didlab_base", node=Config)
     cs.store(group="data", name="province_schema", node=ProvinceData)
+    cs.store(group="data", name="city_schema", node=CityData)
     cs.store(group="assignment", name="assignment_schema", node=Assignment)
     cs.store(group="timing", name="timing_schema", node=Timing)
     cs.store(group="effect", name="effect_schema", node=Effect)

@@ -72,6 +72,9 @@ class Effect:
     # effect changes by this much per SD of baseline log GDP per capita; with selection on
     # GDP, the ATT differs from the average effect
     het_pgdp: float = 0.0
+    # effect changes by this much per year of later adoption (cohort heterogeneity; city
+    # panel). Biases TWFE under staggered adoption
+    het_cohort: float = 0.0
 
     def validate(self) -> None:
         check_choice("effect.dynamics", self.dynamics, DYNAMICS)

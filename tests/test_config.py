@@ -18,10 +18,14 @@ def options(group):
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+#: options that only make sense with another group's option
+NEEDS = {("effect", "cohort_het"): ["data=city"]}
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_builds(group, option):
     value = f"[{option}]" if group == "estimator" else option
-    cfg = compose([f"{group}={value}"])
+    cfg = compose([f"{group}={value}", *NEEDS.get((group, option), [])])
     build_draw(cfg)
     build_estimators(cfg, list(cfg.experiment.outcomes))
 
@@ -50,6 +54,11 @@ def test_overrides():
 def test_typos_and_wrong_types_fail_at_composition(override, message):
     with pytest.raises(ConfigCompositionException, match=message):
         compose([override])
+
+
+def test_cohort_heterogeneity_is_refused_on_the_province_panel():
+    with pytest.raises(OptionError, match="effect.het_cohort is used by the city panel"):
+        build_draw(compose(["effect=cohort_het"]))
 
 
 def test_bad_choice_values_fail_when_built():

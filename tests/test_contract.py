@@ -11,12 +11,18 @@ from experiments.build import ESTIMATORS
 
 
 WRAPPERS = {"randomization"}
+NO_CONTROLS = {"bacon"}
+COVARIATES = {"callaway_santanna"}
 
 
 def make(kind, outcome="lnce"):
     cls = ESTIMATORS[kind]
     if kind in WRAPPERS:
         return cls(ESTIMATORS["twfe"](outcome=outcome, controls=("lnpgdp",)), n_perm=20)
+    if kind in NO_CONTROLS:
+        return cls(outcome=outcome)
+    if kind in COVARIATES:
+        return cls(outcome=outcome, covariates=("lnpgdp",))
     return cls(outcome=outcome, controls=("lnpgdp",))
 
 

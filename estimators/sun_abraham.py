@@ -1,0 +1,133 @@
+"""Sun and Abraham (2021) interaction-weighted event study."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .design import event_time, fe_arrays
+from .panel import COHORT, UNIT, EstimationError, OptionError, check_choice, check_panel
+from .result import Estimate, critical_value, p_value
+from .twfe import check_inference_options, describe_inference, fit_fe
+
+CONTROLS = ("never", "last")
+
+
+@dataclass(frozen=True)
+class SunAbraham:
+    """Interaction-weighted (IW) event study of Sun and Abraham (2021).
+
+    Regress the outcome on unit and period effects and a full set of cohort x relative-time
+    indicators (reference ``ref``), estimated with a clean comparison cohort
+    (never-treated units, or the last-treated cohort when ``control="last"``; its
+    periods from its own treatment on are dropped). Each event-time effect is the average
+    of the cohort-specific effects CATT(g, e) weighted by the cohorts' shares of the
+    observations at that event time; the headline ``ATT`` weights every post-treatment
+    cell by its number of observations (fixest's ``sunab(..., att = TRUE)``).
+
+    Notes
+    -----
+    Identification: parallel trends between every treated cohort and the comparison
+    cohort, no anticipation. Standard errors treat the cohort shares as fixed (as fixest's
+    aggregation does) and use the cluster-robust covariance of the interaction
+    coefficients (``ssc`` as in :class:`~estimators.twfe.TWFE`).
+    """
+
+    outcome: str
+    controls: Sequence[str] = ()
+    control: str = "never"
+    ref: int = -1
+    cluster: str | None = UNIT
+    se: str = "cluster"
+    ssc: str = "stata"
+    dist: str = "t"
+    alpha: float = 0.05
+    label: str = "sun_abraham"
+
+    def fit(self, panel: pd.DataFrame) -> Estimate:
+        cluster = self.cluster if self.se == "cluster" else None
+        check_inference_options(self.se, self.ssc, self.dist, cluster, self.alpha)
+        check_choice("control", self.control, CONTROLS)
+        if self.ref >= 0:
+            raise OptionError(f"ref={self.ref} must be a pre-treatment event time (negative)")
+        check_panel(panel, (self.outcome,), tuple(self.controls))
+        data = panel
+        cohort = data[COHORT].to_numpy()
+        notes = []
+        if self.control == "last" or not (cohort == 0).any():
+            last = cohort.max()
+            if not (cohort == 0).any():
+                notes.append(f"no never-treated unit: the last cohort ({last}) is the comparison")
+            keep = data["time"].to_numpy() < last
+            data = data.loc[keep].copy()
+            data[COHORT] = np.where(data[COHORT] == last, 0, data[COHORT])
+            cohort = data[COHORT].to_numpy()
+        rel = event_time(data)
+        cells = sorted({(int(g), int(e)) for g, e in zip(cohort, rel) if g > 0 and e != self.ref})
+        if not cells:
+            raise EstimationError("no treated cohort-period cell to estimate")
+        extra = {f"g{g}:e{e:+d}": ((cohort == g) & (rel == e)).astype(float) for g, e in cells}
+        arrays = fe_arrays(data, self.outcome, tuple(self.controls), cluster=cluster,
+                           extra=extra, validate=False)
+        k_c = len(self.controls)
+        order = list(range(k_c, arrays.x.shape[1])) + list(range(k_c))
+        arrays = type(arrays)(**{**arrays.__dict__, "x": arrays.x[:, order],
+                                 "names": tuple(arrays.names[i] for i in order)})
+        res = fit_fe(arrays, self.se, self.ssc, self.dist)
+        ids = res.identified
+        coef = dict(zip(ids, res.fit.coef))
+        counts = {name: float(col.sum()) for name, col in extra.items()}
+        events = sorted({e for _, e in cells})
+        rows, weights = [], []
+        for e in events:
+            names = [f"g{g}:e{e:+d}" for g, ee in cells if ee == e and f"g{g}:e{e:+d}" in coef]
+            if not names:
+                continue
+            w = np.zeros(len(ids))
+            total = sum(counts[n] for n in names)
+            for n in names:
+                w[ids.index(n)] = counts[n] / total
+            rows.append(e)
+            weights.append(w)
+        post = [n for n in ids if n.startswith("g") and int(n.split(":e")[1]) >= 0]
+        if not post:
+            raise EstimationError("no post-treatment cell is identified")
+        w_att = np.zeros(len(ids))
+        total = sum(counts[n] for n in post)
+        for n in post:
+            w_att[ids.index(n)] = counts[n] / total
+        wmat = np.vstack(weights + [w_att])
+        est = wmat @ res.fit.coef
+        se = np.sqrt(np.einsum("ij,jk,ik->i", wmat, res.cov, wmat))
+        crit = critical_value(self.alpha, res.df)
+        stat = est / se
+        names = [f"ev{e:+d}" for e in rows] + ["ATT"]
+        terms = pd.DataFrame({
+            "term": names, "estimate": est, "std_error": se, "statistic": stat,
+            "p_value": p_value(stat, res.df), "conf_low": est - crit * se,
+            "conf_high": est + crit * se,
+            "event_time": np.r_[np.asarray(rows, dtype=float), np.nan],
+        })
+        cell_terms = res.terms(self.alpha)
+        terms = pd.concat([terms, cell_terms.assign(event_time=np.nan)], ignore_index=True)
+        return Estimate(
+            estimator=self.label, term="ATT", estimate=float(est[-1]), std_error=float(se[-1]),
+            p_value=float(terms["p_value"].iloc[len(rows)]), conf_low=float(est[-1] - crit * se[-1]),
+            conf_high=float(est[-1] + crit * se[-1]), alpha=self.alpha, n_obs=res.dof.n_obs,
+            n_units=res.dof.n_units, n_clusters=res.dof.n_clusters,
+            inference=describe_inference(self.se, self.ssc, self.dist, cluster, res.df)
+            + ", cohort shares fixed",
+            terms=terms, diagnostics={"n_cells": float(len(cells))}, notes=tuple(notes),
+        )
+
+    def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
+        from .callaway_santanna import staggered_truth
+
+        truth = staggered_truth(panel, self.outcome)
+        base = truth.get(f"ev{self.ref:+d}", 0.0)
+        out = {k: v - base for k, v in truth.items() if k.startswith("ev")}
+        out["ATT"] = truth["ATT"]
+        return out
