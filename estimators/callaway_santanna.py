@@ -251,18 +251,23 @@ def multiplier_bootstrap(inf: np.ndarray, n_boot: int, rng: np.random.Generator
     """R did's multiplier bootstrap with Mammen weights.
 
     Returns the bootstrap SEs (IQR / (z_.75 - z_.25) / sqrt(n), quantile type 1) and the
-    draws of ``max |b / sigma|`` for uniform bands.
+    standardised draws ``b / sigma`` (``(n_boot, m)``) from which uniform bands are read.
     """
     n = inf.shape[0]
     s5 = np.sqrt(5.0)
     v = np.where(rng.random((n_boot, n)) < (s5 + 1) / (2 * s5), (1 - s5) / 2, (1 + s5) / 2)
-    bres = np.sqrt(n) * (v @ inf) / n                       # (B, m)
+    bres = (v @ inf) / np.sqrt(n)                            # sqrt(n) * mean(v * inf)
     q75 = np.quantile(bres, 0.75, axis=0, method="inverted_cdf")
     q25 = np.quantile(bres, 0.25, axis=0, method="inverted_cdf")
     sigma = (q75 - q25) / (special.ndtri(0.75) - special.ndtri(0.25))
     with np.errstate(divide="ignore", invalid="ignore"):
-        tmax = np.nanmax(np.abs(bres / sigma), axis=1)
-    return sigma / np.sqrt(n), tmax
+        z = bres / sigma
+    return sigma / np.sqrt(n), z
+
+
+def uniform_critical_value(z: np.ndarray, alpha: float) -> float:
+    """Critical value of a simultaneous band: the 1 - alpha quantile of max |b / sigma|."""
+    return float(np.quantile(np.nanmax(np.abs(z), axis=1), 1 - alpha, method="inverted_cdf"))
 
 
 @dataclass(frozen=True)
@@ -347,12 +352,10 @@ class CallawaySantAnna:
         infs = np.column_stack(detail["inf"].to_list())
         crit = critical_value(self.alpha, None)
         if self.bootstrap:
-            se, tmax = multiplier_bootstrap(infs, self.n_boot, rng)
-            uniform = float(np.quantile(tmax, 1 - self.alpha, method="inverted_cdf"))
+            se, zdraws = multiplier_bootstrap(infs, self.n_boot, rng)
             inference = f"multiplier bootstrap ({self.n_boot} draws, Mammen), clustered by unit"
         else:
             se = np.sqrt(np.mean(infs**2, axis=0) / gt.n)
-            uniform = float("nan")
             inference = "influence function, clustered by unit, normal"
         est = detail["estimate"].to_numpy(float)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -366,12 +369,11 @@ class CallawaySantAnna:
             "level": detail["level"].astype(str).to_numpy(),
         })
         if self.bootstrap:
-            # uniform (simultaneous) band for the event-time effects, as R did's cband
+            # uniform (simultaneous) band for the event-time effects, as R did's cband, from
+            # the same bootstrap draws
             dyn = (terms["aggregation"] == "dynamic") & (terms["level"] != "overall")
             dyn_idx = np.flatnonzero(dyn.to_numpy())
-            _, tmax_dyn = multiplier_bootstrap(infs[:, dyn_idx], self.n_boot,
-                                               np.random.default_rng(rng.integers(2**63)))
-            ucrit = float(np.quantile(tmax_dyn, 1 - self.alpha, method="inverted_cdf"))
+            ucrit = uniform_critical_value(zdraws[:, dyn_idx], self.alpha)
             terms["uniform_low"] = np.nan
             terms["uniform_high"] = np.nan
             terms.loc[dyn, "uniform_low"] = est[dyn_idx] - ucrit * se[dyn_idx]
@@ -396,7 +398,7 @@ class CallawaySantAnna:
                 pass
         if self.bootstrap:
             diagnostics["uniform_crit"] = ucrit
-        del pre, uniform
+        del pre
         return Estimate(
             estimator=self.label, term="ATT" if self.aggregation == "simple" else f"ATT_{self.aggregation}",
             estimate=float(est[h]), std_error=float(se[h]), p_value=float(terms["p_value"].iloc[h]),

@@ -148,7 +148,8 @@ def test_multiplier_bootstrap(castle_x):
     assert ((dyn["uniform_high"] - dyn["uniform_low"]) > (dyn["conf_high"] - dyn["conf_low"])).all()
     # Mammen weights have mean 0 and variance 1: the bootstrap SE of a mean is its SE
     inf = np.random.default_rng(1).standard_normal((400, 1))
-    se, _ = multiplier_bootstrap(inf, 4000, np.random.default_rng(2))
+    se, z = multiplier_bootstrap(inf, 4000, np.random.default_rng(2))
+    assert z.shape == (4000, 1)
     assert se[0] == pytest.approx(np.sqrt(np.mean(inf**2) / 400), rel=0.05)
 
 
