@@ -54,6 +54,7 @@ class FEResult:
     dof: Dof
     df: float | None
     r2_within: float
+    r2: float = float("nan")     # of the full dummy-variable regression (what papers print)
 
     @property
     def identified(self) -> tuple[str, ...]:
@@ -87,7 +88,10 @@ def fit_fe(arrays: FEArrays, se: str, ssc: str, dist: str) -> FEResult:
     tss = float(yt @ (yt if w is None else yt * w))
     rss = float(fit.resid @ (fit.resid if w is None else fit.resid * w))
     r2 = 1 - rss / tss if tss > 0 else float("nan")
-    return FEResult(arrays.names, fit, cov, dof, df, r2)
+    yc = arrays.y - (np.average(arrays.y, weights=w) if w is not None else arrays.y.mean())
+    tss_total = float(yc @ (yc if w is None else yc * w))
+    r2_full = 1 - rss / tss_total if tss_total > 0 else float("nan")
+    return FEResult(arrays.names, fit, cov, dof, df, r2, r2_full)
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,6 @@ class TWFE:
             n_clusters=res.dof.n_clusters,
             inference=describe_inference(self.se, self.ssc, self.dist, cluster, res.df),
             terms=terms,
-            diagnostics={"r2_within": res.r2_within},
+            diagnostics={"r2_within": res.r2_within, "r2": res.r2},
             notes=notes,
         )

@@ -28,7 +28,8 @@ ESTIMATORS: dict[str, type] = {
     "imputation": Imputation, "bacon": BaconDecomposition,
 }
 EXACT = {"auto": "auto", "true": True, "false": False}
-DATA_KINDS = ("province", "city")
+DATA_KINDS = ("province", "city", "file")
+SIMULATED = ("province", "city")
 
 
 def _plain(node: Any) -> Any:
@@ -90,6 +91,9 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
     """A picklable function ``rng -> panel`` for the configured design."""
     kind = cfg.data.kind
     check_choice("data.kind", kind, DATA_KINDS)
+    if kind not in SIMULATED:
+        raise OptionError(f"data={kind} is a file, not a simulator: Monte Carlo experiments need "
+                          "data=province or data=city (or a calibrated config)")
     cls = ProvinceDGP if kind == "province" else CityDGP
     dgp = _dataclass(cls, cfg.data, "data", drop=("kind", "outcomes", "controls"))
     assignment = _dataclass(Assignment, cfg.assignment, "assignment")
@@ -116,3 +120,26 @@ def _draw_province(dgp: ProvinceDGP, assignment: Assignment, timing: Timing, eff
 def _draw_city(dgp: CityDGP, assignment: Assignment, timing: Timing, effect: Effect,
                rng: np.random.Generator) -> pd.DataFrame:
     return draw_city(rng, dgp, assignment, timing, effect)
+
+
+def file_spec(cfg: DictConfig) -> Any:
+    """The :class:`~experiments.realdata.FileSpec` of a ``data=file`` config."""
+    from .realdata import FileSpec
+
+    values = {k: v for k, v in dict(_plain(cfg.data)).items() if k != "kind"}
+    values["treated_units"] = tuple(values.get("treated_units") or ())
+    values["outcomes"] = tuple(cfg.experiment.outcomes)
+    values["controls"] = tuple(values.get("controls") or ())
+    return FileSpec(**_fields(FileSpec, values, "data"))
+
+
+def load_or_draw(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
+    """The panel a single-panel experiment works on: the user's file, or replicate 0 of
+    the simulated design."""
+    from .montecarlo import replicate_seed
+    from .realdata import load_panel
+
+    if cfg.data.kind == "file":
+        return load_panel(file_spec(cfg))
+    draw = build_draw(cfg)
+    return draw(np.random.default_rng(replicate_seed(int(cfg.seed), 0))), []

@@ -69,9 +69,16 @@ def _precheck(argv: list[str]) -> None:
             if any(j.startswith("hydra") or j.startswith("hydra/") for j in job):
                 job = [j for j in job if not j.startswith("hydra")]
             cfg = compose(job)
-            from .build import build_draw, build_estimators
+            from .build import SIMULATED, build_draw, build_estimators, file_spec
+            from .realdata import load_panel
 
-            build_draw(cfg)
+            if cfg.data.kind in SIMULATED:
+                build_draw(cfg)
+            elif cfg.experiment.kind == "montecarlo":
+                fail("a Monte Carlo experiment needs simulated data (data=province or data=city); "
+                     "with data=file use experiment=estimate, placebo or spec_curve")
+            else:
+                load_panel(file_spec(cfg))  # a bad file fails here, before any output
             build_estimators(cfg, list(cfg.experiment.outcomes))
     except (HydraException, OmegaConfBaseException, DidlabError) as exc:
         fail(_one_line(exc))

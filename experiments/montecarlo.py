@@ -88,7 +88,9 @@ def fit_one(estimator: Any, panel: pd.DataFrame, rng: np.random.Generator | None
     t0 = time.perf_counter()
     try:
         est = estimator.fit(panel, rng=rng) if rng is not None else estimator.fit(panel)
-        truth = estimator.estimand(panel) if hasattr(estimator, "estimand") else {}
+        # real panels carry no truth columns (te_<outcome>): no estimand then
+        has_truth = hasattr(estimator, "estimand") and f"te_{outcome}" in panel.columns
+        truth = estimator.estimand(panel) if has_truth else {}
     except (DidlabError, np.linalg.LinAlgError, ValueError, ZeroDivisionError) as exc:
         row = _empty_row(cell, rep, outcome, label)
         row["error"] = f"{type(exc).__name__}: {exc}"

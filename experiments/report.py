@@ -226,3 +226,70 @@ def bacon_figure(terms: pd.DataFrame, twfe: float, path: Path, title: str) -> Pa
     ax.set_title(title, fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _stars(p: float) -> str:
+    return "***" if p < 0.01 else "**" if p < 0.05 else "*" if p < 0.1 else ""
+
+
+def regression_table(cfg, panel: pd.DataFrame) -> dict[str, str]:
+    """A paper-style table of every TWFE estimator in the config on every outcome: the
+    coefficient with stars and its SE in parentheses, controls, fixed-effect rows, N,
+    R-squared (of the dummy-variable regression) and clusters. Markdown and LaTeX."""
+    from .build import build_estimator
+
+    columns = []
+    for outcome in cfg.experiment.outcomes:
+        for label, spec in cfg.estimator.items():
+            if spec.kind != "twfe":
+                continue
+            est = build_estimator(label, spec, outcome)
+            columns.append((outcome, label, est.fit(panel)))
+    if not columns:
+        return {"markdown": "(no TWFE estimator configured)\n", "latex": "% no TWFE estimator\n"}
+    names: list[str] = []
+    for _, _, e in columns:
+        for t in e.terms["term"]:
+            if t not in names:
+                names.append(t)
+    body: list[list[str]] = []
+    for name in names:
+        coef_row, se_row = [], []
+        for _, _, e in columns:
+            t = e.terms.set_index("term")
+            if name in t.index and bool(t.loc[name, "identified"]):
+                coef_row.append(f"{t.loc[name, 'estimate']:.4f}{_stars(t.loc[name, 'p_value'])}")
+                se_row.append(f"({t.loc[name, 'std_error']:.4f})")
+            elif name in t.index:
+                coef_row.append("n.i.")
+                se_row.append("")
+            else:
+                coef_row.append("")
+                se_row.append("")
+        label = "policy x post (d)" if name == "d" else name
+        body.append([label, *coef_row])
+        body.append(["", *se_row])
+    body.append(["Unit FE", *["Yes"] * len(columns)])
+    body.append(["Year FE", *["Yes"] * len(columns)])
+    body.append(["N", *[str(e.n_obs) for _, _, e in columns]])
+    body.append(["R-squared", *[f"{e.diagnostics.get('r2', float('nan')):.3f}" for _, _, e in columns]])
+    body.append(["Clusters", *[str(e.n_clusters) for _, _, e in columns]])
+    header = ["", *[f"({i + 1}) {o}" for i, (o, _, _) in enumerate(columns)]]
+    sub = ["", *[lab for _, lab, _ in columns]]
+    md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+          "| " + " | ".join(sub) + " |"]
+    md += ["| " + " | ".join(r) + " |" for r in body]
+    note = ("Standard errors in parentheses: " + columns[0][2].inference
+            + ". *** p<0.01, ** p<0.05, * p<0.1. n.i.: not identified beside the fixed effects.")
+    md.append("")
+    md.append(note)
+    esc = lambda x: x.replace("_", "\\_").replace("%", "\\%")  # noqa: E731
+    tex = ["\\begin{tabular}{l" + "c" * len(columns) + "}", "\\hline",
+           " & ".join(esc(h) for h in header) + " \\\\", " & ".join(esc(h) for h in sub) + " \\\\",
+           "\\hline"]
+    for r in body:
+        cells = [esc(c).replace("***", "$^{***}$").replace("**", "$^{**}$") for c in r]
+        cells = [c if "$" in c else c.replace("*", "$^{*}$") for c in cells]
+        tex.append(" & ".join(cells) + " \\\\")
+    tex += ["\\hline", "\\end{tabular}", "", "% " + note]
+    return {"markdown": "\n".join(md) + "\n", "latex": "\n".join(tex) + "\n"}

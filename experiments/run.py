@@ -15,11 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from estimators.panel import OptionError, check_choice
 
 from . import report
-from .build import build_draw, build_estimators
+from .build import build_draw, build_estimators, load_or_draw
 from .montecarlo import (Backend, Design, design_key, diagnose, fit_one, replicate_seed,
                          run_designs)
 
-EXPERIMENT_KINDS = ("single", "montecarlo", "placebo")
+EXPERIMENT_KINDS = ("single", "montecarlo", "placebo", "estimate")
 AXES = ("data", "assignment", "timing", "effect")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -104,16 +104,18 @@ def _hash_payload(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def single_draw(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame, list]:
+def single_draw(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame, list, pd.DataFrame]:
     """Draw replicate 0 of the configured design and fit every estimator on it.
 
-    Returns the headline table, the event-time terms (with their truths) and any
-    Goodman-Bacon decompositions as (outcome, label, Estimate).
+    Returns the headline table, the event-time terms (with their truths), any
+    Goodman-Bacon decompositions as (outcome, label, Estimate), and the panel. With
+    ``data=file`` the panel is the user's and there is no truth.
     """
-    draw = build_draw(cfg)
+    panel, notes = load_or_draw(cfg)
+    for n in notes:
+        print(f"data: {n}")
     outcomes = list(cfg.experiment.outcomes)
     estimators = build_estimators(cfg, outcomes)
-    panel = draw(np.random.default_rng(replicate_seed(int(cfg.seed), 0)))
     rows, ev = [], []
     bacon = []
     for (outcome, label), est in estimators.items():
@@ -126,7 +128,8 @@ def single_draw(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame, list]:
         t = fitted.terms.dropna(subset=["event_time"]).copy()
         if t.empty:
             continue
-        truth = est.estimand(panel) if hasattr(est, "estimand") else {}
+        truth = (est.estimand(panel) if hasattr(est, "estimand") and f"te_{outcome}" in panel
+                 else {})
         t["truth"] = [truth.get(f"ev{int(e):+d}", np.nan) for e in t["event_time"]]
         t["outcome"], t["estimator"] = outcome, label
         ref = getattr(est, "ref", None)
@@ -138,7 +141,9 @@ def single_draw(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame, list]:
         ev.append(t[["outcome", "estimator", "term", "event_time", "estimate", "conf_low",
                      "conf_high", "truth"]])
     table = pd.DataFrame(rows)
-    return table, (pd.concat(ev, ignore_index=True) if ev else pd.DataFrame()), bacon
+    if cfg.data.kind == "file":
+        table["truth"] = np.nan  # real data: no truth
+    return table, (pd.concat(ev, ignore_index=True) if ev else pd.DataFrame()), bacon, panel
 
 
 def _terms_columns(est: Any) -> set[str]:
@@ -202,13 +207,21 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
     written: dict[str, Any] = {"config": out / "config.yaml"}
     sections: list[str] = [f"# didlab — {cfg.experiment.name}\n"]
 
-    table, ev, bacon = single_draw(cfg)
+    if kind == "montecarlo" and cfg.data.kind == "file":
+        raise OptionError("a Monte Carlo experiment needs simulated data (data=province or "
+                          "data=city); with data=file use experiment=estimate, placebo or spec_curve")
+    table, ev, bacon, panel = single_draw(cfg)
     shown = table[table["role"] == "headline"][SINGLE_COLUMNS]
-    _print_table(f"One draw of the design (seed {cfg.seed}); truth = the draw's true effect", shown)
-    sections.append(f"## One draw of the design (seed {cfg.seed})\n\n"
-                    "`truth` is the draw's exact ATT (mean unit-period effect over treated "
-                    "observations); `pretrend_p` is the event study's joint pre-period Wald test.\n\n"
-                    + report.markdown_table(shown) + "\n")
+    if cfg.data.kind == "file":
+        shown = shown.drop(columns=["truth"])
+        title = f"Estimates on {cfg.data.path}"
+        intro = "`pretrend_p` is the joint pre-period Wald test where the estimator has one."
+    else:
+        title = f"One draw of the design (seed {cfg.seed}); truth = the draw's true effect"
+        intro = ("`truth` is the draw's exact ATT (mean unit-period effect over treated "
+                 "observations); `pretrend_p` is the event study's joint pre-period Wald test.")
+    _print_table(title, shown)
+    sections.append(f"## {title}\n\n{intro}\n\n" + report.markdown_table(shown) + "\n")
     if len(ev) and cfg.experiment.figures:
         p = report.event_study_figure(ev, figures / "event_study.png",
                                       f"Event-time effects, one draw (seed {cfg.seed}), with the true path")
@@ -226,11 +239,18 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
     if kind == "single":
         _write_table(table, out / "results")
         written["results"] = out / "results.parquet"
+    elif kind == "estimate":
+        _write_table(table, out / "results")
+        reg = report.regression_table(cfg, panel)
+        (out / "regression_table.md").write_text(reg["markdown"])
+        (out / "regression_table.tex").write_text(reg["latex"])
+        print("\n" + reg["markdown"])
+        sections.append("## Regression table\n\n" + reg["markdown"] + "\n")
+        written.update(regression_table=out / "regression_table.md", results=out / "results.parquet")
     elif kind == "placebo":
         from .placebo_run import run_placebo
 
         _write_table(table, out / "results")
-        panel = build_draw(cfg)(np.random.default_rng(replicate_seed(int(cfg.seed), 0)))
         placebo, extra = run_placebo(cfg, panel, out)
         written.update(placebo)
         sections.extend(extra)

@@ -38,6 +38,27 @@ class CityData(CityDGP):
 
 
 @dataclass
+class FileData:
+    """A user's panel read from a CSV, Parquet or Stata file (see experiments/realdata.py)."""
+
+    kind: str = "file"
+    path: str = MISSING
+    format: Optional[str] = None        # csv | parquet | dta (default: from the extension)
+    unit: str = "unit"                  # file column naming the unit
+    time: str = "time"                  # file column holding the year
+    cohort: Optional[str] = None        # file column: first treated year (0/empty = never)
+    treatment: Optional[str] = None     # or a 0/1 treatment column
+    treated_units: List[str] = field(default_factory=list)  # or these units...
+    treatment_year: Optional[int] = None                    # ...treated from this year
+    derive: Dict[str, str] = field(default_factory=dict)    # new column -> expression
+    filter: Optional[str] = None        # pandas query applied after deriving
+    outcomes: List[str] = field(default_factory=list)
+    controls: List[str] = field(default_factory=list)
+    allow_gaps: bool = False
+    drop_missing: bool = False
+
+
+@dataclass
 class TWFEConf:
     kind: str = "twfe"
     controls: List[str] = field(default_factory=list)
@@ -146,7 +167,8 @@ class BackendConf:
 class ExperimentConf:
     # single: one draw, every estimator, a table and an event-study figure;
     # montecarlo: n_reps draws and the diagnosands; placebo: timing placebo, fake-pilot
-    # randomization inference and leave-one-out on one panel
+    # randomization inference and leave-one-out on one panel; estimate: the configured
+    # estimators on one panel with a paper-style regression table
     kind: str = "single"
     name: str = "single"
     n_reps: int = 1
@@ -191,11 +213,20 @@ ESTIMATOR_SCHEMAS: dict[str, type] = {
 
 
 def register() -> None:
-    """Register the schemas (idempotent)."""
+    """Register the schemas and the ``didlab_root`` resolver (idempotent)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("didlab_root"):
+        # where the project lives, so shipped example files resolve from any working directory
+        OmegaConf.register_new_resolver("didlab_root",
+                                        lambda: str(Path(__file__).resolve().parent.parent))
     cs = ConfigStore.instance()
     cs.store(name="didlab_base", node=Config)
     cs.store(group="data", name="province_schema", node=ProvinceData)
     cs.store(group="data", name="city_schema", node=CityData)
+    cs.store(group="data", name="file_schema", node=FileData)
     cs.store(group="assignment", name="assignment_schema", node=Assignment)
     cs.store(group="timing", name="timing_schema", node=Timing)
     cs.store(group="effect", name="effect_schema", node=Effect)

@@ -24,9 +24,15 @@ NEEDS = {("effect", "cohort_het"): ["data=city"]}
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_builds(group, option):
+    from experiments.build import SIMULATED, load_or_draw
+
     value = f"[{option}]" if group == "estimator" else option
     cfg = compose([f"{group}={value}", *NEEDS.get((group, option), [])])
-    build_draw(cfg)
+    if cfg.data.kind in SIMULATED:
+        build_draw(cfg)
+    else:
+        panel, _ = load_or_draw(cfg)
+        assert len(panel) > 0
     build_estimators(cfg, list(cfg.experiment.outcomes))
 
 
@@ -85,7 +91,8 @@ def test_single_run_writes_outputs(tmp_path):
     assert head["pretrend_p"].notna().sum() == 2
 
 
-MONTE_CARLO = [e for e in options("experiment") if e != "placebo"]
+SINGLE_PANEL = {"placebo", "estimate"}
+MONTE_CARLO = [e for e in options("experiment") if e not in SINGLE_PANEL]
 
 
 @pytest.mark.parametrize("experiment", MONTE_CARLO)
@@ -132,3 +139,19 @@ def test_placebo_base_must_be_configured(tmp_path):
     cfg = compose(["experiment=placebo", "experiment.placebo.base=[nope]"])
     with pytest.raises(OptionError, match="experiment.placebo.base lists 'nope'"):
         run(cfg, tmp_path)
+
+
+def test_estimate_experiment_on_the_example_file(tmp_path):
+    out = run(compose(["data=example", "experiment=estimate"]), tmp_path)
+    md = (tmp_path / "regression_table.md").read_text()
+    tex = (tmp_path / "regression_table.tex").read_text()
+    assert "policy x post (d)" in md and "R-squared" in md and "Unit FE" in md
+    assert "\\begin{tabular}" in tex
+    head = out["table"][out["table"]["role"] == "headline"]
+    assert head["truth"].isna().all() and (head["n_obs"] == 570).all()
+    from estimators.twfe import TWFE
+    from experiments.build import load_or_draw
+
+    panel, _ = load_or_draw(compose(["data=example", "experiment=estimate"]))
+    ref = TWFE("lnce").fit(panel)
+    assert f"{ref.estimate:.4f}" in md
