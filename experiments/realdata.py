@@ -155,6 +155,8 @@ def load_panel(spec: FileSpec) -> tuple[pd.DataFrame, list[str]]:
     sample) to print beside the results.
     """
     raw = read_table(spec.path, spec.format)
+    if len(raw) == 0:
+        raise PanelError(f"{Path(spec.path).name!r} has no rows")
     notes: list[str] = [f"read {len(raw)} rows x {raw.shape[1]} columns from {Path(spec.path).name}"]
     for role, col in (("unit", spec.unit), ("time", spec.time), ("cohort", spec.cohort),
                       ("treatment", spec.treatment)):
