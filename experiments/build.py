@@ -14,6 +14,7 @@ from estimators.callaway_santanna import CallawaySantAnna
 from estimators.event_study import EventStudy
 from estimators.imputation import Imputation
 from estimators.placebo import RandomizationInference
+from estimators.psm import DRDID, PSMDID, PSMDIDWeighted
 from estimators.sun_abraham import SunAbraham
 from estimators.panel import OptionError, check_choice
 from estimators.twfe import TWFE
@@ -25,7 +26,8 @@ from simulate.province import ProvinceDGP, draw_province
 ESTIMATORS: dict[str, type] = {
     "twfe": TWFE, "event_study": EventStudy, "randomization": RandomizationInference,
     "callaway_santanna": CallawaySantAnna, "sun_abraham": SunAbraham,
-    "imputation": Imputation, "bacon": BaconDecomposition,
+    "imputation": Imputation, "bacon": BaconDecomposition, "psm_did": PSMDID,
+    "psm_did_weighted": PSMDIDWeighted, "dr_did": DRDID,
 }
 EXACT = {"auto": "auto", "true": True, "false": False}
 DATA_KINDS = ("province", "city", "file")
@@ -55,6 +57,8 @@ def build_estimator(label: str, spec: Mapping[str, Any], outcome: str) -> Any:
     for key in ("controls", "covariates"):
         if key in spec and spec[key] is not None:
             spec[key] = tuple(spec[key])
+    if isinstance(spec.get("baseline"), str) and spec["baseline"].isdigit():
+        spec["baseline"] = int(spec["baseline"])  # a baseline year given on the command line
     if "base" in spec:  # a wrapper: build the estimator it wraps
         spec["base"] = build_estimator(f"{label}.base", spec["base"], outcome)
         if "exact" in spec:
@@ -95,7 +99,7 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
         raise OptionError(f"data={kind} is a file, not a simulator: Monte Carlo experiments need "
                           "data=province or data=city (or a calibrated config)")
     cls = ProvinceDGP if kind == "province" else CityDGP
-    dgp = _dataclass(cls, cfg.data, "data", drop=("kind", "outcomes", "controls"))
+    dgp = _dataclass(cls, cfg.data, "data", drop=("kind", "outcomes", "controls", "score_covariates"))
     assignment = _dataclass(Assignment, cfg.assignment, "assignment")
     timing = _dataclass(Timing, cfg.timing, "timing")
     effect = _dataclass(Effect, cfg.effect, "effect")
@@ -126,7 +130,8 @@ def file_spec(cfg: DictConfig) -> Any:
     """The :class:`~experiments.realdata.FileSpec` of a ``data=file`` config."""
     from .realdata import FileSpec
 
-    values = {k: v for k, v in dict(_plain(cfg.data)).items() if k != "kind"}
+    values = {k: v for k, v in dict(_plain(cfg.data)).items()
+              if k not in ("kind", "score_covariates")}
     values["treated_units"] = tuple(values.get("treated_units") or ())
     values["outcomes"] = tuple(cfg.experiment.outcomes)
     values["controls"] = tuple(values.get("controls") or ())

@@ -293,3 +293,37 @@ def regression_table(cfg, panel: pd.DataFrame) -> dict[str, str]:
         tex.append(" & ".join(cells) + " \\\\")
     tex += ["\\hline", "\\end{tabular}", "", "% " + note]
     return {"markdown": "\n".join(md) + "\n", "latex": "\n".join(tex) + "\n"}
+
+
+def psm_figures(match, label: str, folder: Path) -> list[Path]:
+    """Propensity-score overlap by group and a love plot (absolute standardized mean
+    differences before and after matching, 0.1 marked) for one matching."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    table = match.table.copy()
+    table["group"] = np.where(table["treated"], "treated", "control")
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    sns.histplot(data=table, x="score", hue="group", bins=25, stat="density", common_norm=False,
+                 element="step", ax=ax)
+    off = table[~table["on_support"]]
+    if len(off):
+        ax.plot(off["score"], np.zeros(len(off)), "x", color="black", ms=7,
+                label=f"off support ({len(off)})")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("propensity score")
+    ax.set_title(f"{label}: propensity overlap ({int(table['treated'].sum())} treated)", fontsize=10)
+    fig.tight_layout()
+    p1 = save_figure(fig, folder / f"psm_overlap_{label}.png")
+    bal = match.balance
+    long = pd.DataFrame({
+        "covariate": np.r_[bal["covariate"], bal["covariate"]],
+        "abs_smd": np.abs(np.r_[bal["smd_before"], bal["smd_after"]]),
+        "sample": ["before matching"] * len(bal) + ["after matching"] * len(bal),
+    })
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(bal) + 1.6))
+    sns.scatterplot(data=long, x="abs_smd", y="covariate", hue="sample", style="sample", s=70, ax=ax)
+    ax.axvline(0.1, color="grey", ls="--", lw=1)
+    ax.set_xlabel("absolute standardized mean difference")
+    ax.set_title(f"{label}: covariate balance (love plot)", fontsize=10)
+    fig.tight_layout()
+    p2 = save_figure(fig, folder / f"psm_love_{label}.png")
+    return [p1, p2]

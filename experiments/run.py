@@ -122,6 +122,8 @@ def single_draw(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame, list, pd.D
         rows.extend(fit_one(est, panel, None, "single", 0, outcome, label))
         if type(est).__name__ == "BaconDecomposition" and not rows[-1]["error"]:
             bacon.append((outcome, label, est.fit(panel)))
+        if hasattr(est, "match") and not rows[-1]["error"] and outcome == outcomes[0]:
+            bacon.append(("psm", label, est.match(panel, rng=np.random.default_rng(0))))
         if rows[-1]["error"] or "event_time" not in _terms_columns(est):
             continue
         fitted = est.fit(panel)
@@ -228,6 +230,13 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
         written["event_study_figure"] = p
         sections.append("![event study](figures/event_study.png)\n")
     for outcome, label, fitted in bacon:
+        if outcome == "psm":
+            bal = fitted.balance[["covariate", "smd_before", "smd_after", "vr_before", "vr_after"]]
+            sections.append(f"### Matching balance ({label})\n\n" + report.markdown_table(bal) + "\n")
+            if cfg.experiment.figures:
+                for p in report.psm_figures(fitted, label, figures):
+                    sections.append(f"![{p.stem}](figures/{p.name})\n")
+            continue
         types = fitted.terms[fitted.terms["level"] == "type"][["term", "weight", "estimate"]]
         sections.append(f"### Goodman-Bacon decomposition ({label}, {outcome})\n\n"
                         + report.markdown_table(types) + "\n")

@@ -26,6 +26,9 @@ class ProvinceData(ProvinceDGP):
     kind: str = "province"
     outcomes: List[str] = field(default_factory=lambda: ["lnce", "lncei"])
     controls: List[str] = field(default_factory=lambda: list(CONTROLS))
+    # a short list for propensity scores: with six covariates and six pilots the logit
+    # separates in most draws
+    score_covariates: List[str] = field(default_factory=lambda: ["lnpgdp", "lnes"])
 
 
 @dataclass
@@ -35,6 +38,7 @@ class CityData(CityDGP):
     kind: str = "city"
     outcomes: List[str] = field(default_factory=lambda: ["nqpf"])
     controls: List[str] = field(default_factory=lambda: ["lnpgdp"])
+    score_covariates: List[str] = field(default_factory=lambda: ["lnpgdp"])
 
 
 @dataclass
@@ -54,6 +58,7 @@ class FileData:
     filter: Optional[str] = None        # pandas query applied after deriving
     outcomes: List[str] = field(default_factory=list)
     controls: List[str] = field(default_factory=list)
+    score_covariates: List[str] = II("data.controls")
     allow_gaps: bool = False
     drop_missing: bool = False
 
@@ -118,6 +123,44 @@ class ImputationConf:
     controls: List[str] = field(default_factory=list)
     horizons: Optional[int] = None
     pretrend_leads: int = 3
+    alpha: float = 0.05
+
+
+@dataclass
+class PSMConf:
+    """PSM-DID (route a: DID on the matched sample, as seed 002 Table 5) and, with
+    kind=psm_did_weighted, route b (matching weights carried over all years)."""
+
+    kind: str = "psm_did"
+    covariates: List[str] = field(default_factory=list)   # score covariates (default: controls)
+    controls: List[str] = field(default_factory=list)     # controls in the final DID
+    baseline: str = "mean"        # mean | period | pooled | YEAR (covariates measured when)
+    link: str = "logit"           # logit | probit
+    method: str = "kernel"        # kernel | nearest | radius
+    kernel: str = "epanechnikov"  # epanechnikov | gaussian | uniform | tricube | biweight
+    bandwidth: float = 0.06
+    n_neighbors: int = 1
+    replace: bool = True
+    caliper: Optional[float] = None
+    support: str = "minmax"       # minmax | quantile | none
+    support_q: float = 0.02
+    inference: str = "cluster"    # cluster | bootstrap (re-estimates score and matching)
+    n_boot: int = 499
+    cluster: Optional[str] = "unit"
+    se: str = "cluster"
+    ssc: str = "stata"
+    dist: str = "t"
+    alpha: float = 0.05
+
+
+@dataclass
+class DRDIDConf:
+    kind: str = "dr_did"
+    controls: List[str] = field(default_factory=list)
+    baseline: str = "mean"
+    trim_level: float = 0.995
+    inference: str = "influence"  # influence | bootstrap
+    n_boot: int = 499
     alpha: float = 0.05
 
 
@@ -208,7 +251,8 @@ class Config:
 ESTIMATOR_SCHEMAS: dict[str, type] = {
     "twfe": TWFEConf, "event_study": EventStudyConf, "randomization": RandomizationConf,
     "callaway_santanna": CallawaySantAnnaConf, "sun_abraham": SunAbrahamConf,
-    "imputation": ImputationConf, "bacon": BaconConf,
+    "imputation": ImputationConf, "bacon": BaconConf, "psm_did": PSMConf,
+    "psm_did_weighted": PSMConf, "dr_did": DRDIDConf,
 }
 
 

@@ -102,7 +102,7 @@ def test_each_experiment_smoke_runs(tmp_path, experiment):
                    "experiment.figures=true"])
     out = run(cfg, tmp_path / "run")
     diag = pd.read_csv(tmp_path / "run" / "diagnosands.csv")
-    assert (diag["n_draws"] == 3).all()
+    assert ((diag["n_draws"] + diag["n_failed"]) == 3).all()
     assert (tmp_path / "run" / "report.md").exists()
     grid = OmegaConf.to_container(cfg.experiment.grid)
     n_cells = 1
