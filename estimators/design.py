@@ -31,6 +31,7 @@ class FEArrays:
     clusters: np.ndarray | None
     n_clusters: int
     weights: np.ndarray | None
+    n_time_groups: int = 1   # group-by-period effects: periods are (group, period) cells
 
     def within(self) -> tuple[np.ndarray, np.ndarray]:
         """Residualise outcome and regressors on unit and period effects."""
@@ -57,6 +58,7 @@ class FEArrays:
             n_clusters=self.n_clusters,
             unit_nested=unit_nested,
             time_nested=time_nested,
+            n_time_groups=self.n_time_groups,
         )
 
 
@@ -82,6 +84,7 @@ def fe_arrays(
     extra: dict[str, np.ndarray] | None = None,
     validate: bool = True,
     checked: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None,
+    time_by: str | None = None,
 ) -> FEArrays:
     """Pull the arrays of a fixed-effects regression out of a panel.
 
@@ -110,6 +113,17 @@ def fe_arrays(
         )
     n = len(panel)
     balanced = n == n_units * n_periods
+    n_time_groups = 1
+    if time_by is not None:
+        if time_by not in panel.columns:
+            raise PanelError(f"time_by column {time_by!r} is not in the panel")
+        g, n_time_groups = codes_of(panel[time_by].to_numpy())
+        first = np.empty(n_units, dtype=g.dtype)
+        first[unit] = g
+        if not np.array_equal(first[unit], g):
+            raise PanelError(f"time_by column {time_by!r} must be constant within each unit")
+        time, n_periods = codes_of(g * n_periods + time)
+        balanced = False  # the closed-form two-way transform does not apply
     cols = [column(c) for c in regressors]
     names = list(regressors)
     if extra:
@@ -135,6 +149,7 @@ def fe_arrays(
             return fe_arrays(
                 panel.loc[keep], outcome, regressors, cluster=cluster, weights=weights,
                 extra={k: np.asarray(v)[keep] for k, v in (extra or {}).items()}, validate=False,
+                time_by=time_by,
             )
     if balanced and w is None:
         key = unit * n_periods + time
@@ -146,7 +161,7 @@ def fe_arrays(
             elif clusters is not None:
                 clusters = clusters[order]
     return FEArrays(y, x, tuple(names), unit, time, n_units, n_periods, balanced,
-                    clusters, n_clusters, w)
+                    clusters, n_clusters, w, n_time_groups)
 
 
 def event_time(panel: pd.DataFrame) -> np.ndarray:

@@ -204,11 +204,13 @@ class Dof:
     n_clusters: int     # 0 when not clustering
     unit_nested: bool   # unit effects nested in the clusters
     time_nested: bool   # period effects nested in the clusters
+    n_time_groups: int = 1  # >1 with group-by-period effects (units nested in the groups)
 
     @property
     def k_fe(self) -> int:
-        """Rank of the two sets of dummies together (unit + period - 1)."""
-        return self.n_units + self.n_periods - 1
+        """Rank of the two sets of dummies together: units + period cells - groups (one
+        period dummy per group is spanned by the unit dummies)."""
+        return self.n_units + self.n_periods - self.n_time_groups
 
     @property
     def k_full(self) -> int:
@@ -223,7 +225,7 @@ class Dof:
         if not self.unit_nested:
             k += self.n_units - 1
         if not self.time_nested:
-            k += self.n_periods - 1
+            k += self.n_periods - self.n_time_groups
         return k
 
     def df_resid(self) -> int:

@@ -363,7 +363,8 @@ class RandomizationInference:
 
 
 def _fast_ok(base: Any) -> bool:
-    return isinstance(base, TWFE) and base.weights is None and not base.paper_terms
+    return (isinstance(base, TWFE) and base.weights is None and not base.paper_terms
+            and base.time_by is None)
 
 
 def twfe_permutation_stats(base: TWFE, panel: pd.DataFrame, draws: np.ndarray,

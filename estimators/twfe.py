@@ -19,6 +19,7 @@ PAPER_TERMS = ("policy", "post")
 
 
 def describe_inference(se: str, ssc: str, dist: str, cluster: str | None, df: float | None) -> str:
+    """One line saying how SEs and p-values were computed."""
     kind = f"cluster({cluster})" if se == "cluster" else se
     law = "normal" if df is None else f"t({df:g})"
     return f"{kind}, ssc={ssc}, {law}"
@@ -124,6 +125,9 @@ class TWFE:
         seed 002's Table 4 does; both are reported as not identified.
     weights
         Optional column of observation weights (weighted DID after matching).
+    time_by
+        Column grouping units (e.g. region): period effects become group-by-period
+        effects (region-by-year fixed effects).
 
     Notes
     -----
@@ -142,6 +146,7 @@ class TWFE:
     alpha: float = 0.05
     paper_terms: bool = False
     weights: str | None = None
+    time_by: str | None = None
     label: str = "twfe"
 
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
@@ -159,7 +164,7 @@ class TWFE:
             raise OptionError(f"controls {list(controls)} must not include {D!r} or the outcome")
         extra = add_paper_terms(panel) if self.paper_terms else None
         arrays = fe_arrays(panel, self.outcome, (D, *controls), cluster=cluster,
-                           weights=self.weights, extra=extra)
+                           weights=self.weights, extra=extra, time_by=self.time_by)
         res = fit_fe(arrays, self.se, self.ssc, self.dist)
         if not res.fit.keep[0]:
             raise EstimationError(

@@ -327,3 +327,32 @@ def psm_figures(match, label: str, folder: Path) -> list[Path]:
     fig.tight_layout()
     p2 = save_figure(fig, folder / f"psm_love_{label}.png")
     return [p1, p2]
+
+
+def spec_curve_figure(table: pd.DataFrame, choices: Sequence[str], path: Path,
+                      alpha: float = 0.05) -> Path:
+    """Specification curve: estimates sorted with their CIs (coloured by significance and
+    sign), and below, which choice each specification made."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    t = table.sort_values("estimate").reset_index(drop=True)
+    x = np.arange(len(t))
+    rows = [(c, v) for c in choices for v in list(dict.fromkeys(t[c].astype(str)))]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(7, 0.12 * len(t) + 4), 3.2 + 0.28 * len(rows)),
+                                      sharex=True, gridspec_kw={"height_ratios": [2.2, 0.2 + 0.12 * len(rows)]})
+    sig = t["p_value"] < alpha
+    colour = np.where(sig & (t["estimate"] < 0), "#1f77b4", np.where(sig, "#d62728", "#7f7f7f"))
+    top.vlines(x, t["conf_low"], t["conf_high"], colors=colour, lw=1, alpha=0.6)
+    top.scatter(x, t["estimate"], c=colour, s=14, zorder=3)
+    top.axhline(0, color="black", lw=0.8)
+    top.set_ylabel("estimate (95% CI)")
+    top.set_title(f"Specification curve: {len(t)} specifications (blue: significant < 0, "
+                  f"red: significant > 0, grey: p >= {alpha})", fontsize=10)
+    for i, (c, v) in enumerate(rows):
+        on = t[c].astype(str).to_numpy() == v
+        bottom.scatter(x[on], np.full(on.sum(), i), marker="|", s=60, color="black")
+    bottom.set_yticks(np.arange(len(rows)))
+    bottom.set_yticklabels([f"{c}: {v}" for c, v in rows], fontsize=8)
+    bottom.set_ylim(len(rows) - 0.5, -0.5)
+    bottom.set_xlabel("specifications, sorted by estimate")
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -19,7 +19,7 @@ from .build import build_draw, build_estimators, load_or_draw
 from .montecarlo import (Backend, Design, design_key, diagnose, fit_one, replicate_seed,
                          run_designs)
 
-EXPERIMENT_KINDS = ("single", "montecarlo", "placebo", "estimate")
+EXPERIMENT_KINDS = ("single", "montecarlo", "placebo", "estimate", "spec_curve")
 AXES = ("data", "assignment", "timing", "effect")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -256,6 +256,13 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
         print("\n" + reg["markdown"])
         sections.append("## Regression table\n\n" + reg["markdown"] + "\n")
         written.update(regression_table=out / "regression_table.md", results=out / "results.parquet")
+    elif kind == "spec_curve":
+        from .spec_curve import run_spec_curve
+
+        _write_table(table, out / "results")
+        curve, extra = run_spec_curve(cfg, panel, out)
+        written.update(curve)
+        sections.extend(extra)
     elif kind == "placebo":
         from .placebo_run import run_placebo
 

@@ -73,6 +73,7 @@ class TWFEConf:
     dist: str = "t"
     alpha: float = 0.05
     paper_terms: bool = False
+    time_by: Optional[str] = None   # e.g. region: region-by-year instead of year effects
 
 
 @dataclass
@@ -196,6 +197,23 @@ class PlaceboConf:
 
 
 @dataclass
+class SpecConf:
+    """The choices a specification curve crosses (experiment=spec_curve)."""
+
+    outcomes: List[str] = II("experiment.outcomes")
+    # named control sets
+    controls: Dict[str, List[str]] = field(default_factory=lambda: {"none": []})
+    # year effects, or group-by-year effects named by a unit-level column (e.g. region)
+    time_effects: List[str] = field(default_factory=lambda: ["year"])
+    cluster: List[str] = field(default_factory=lambda: ["unit"])
+    # common treatment dates to try for the treated units (empty: the data's own dates)
+    treatment_year: List[int] = field(default_factory=list)
+    # named sample restrictions (pandas queries; "" keeps every row)
+    samples: Dict[str, str] = field(default_factory=lambda: {"all": ""})
+    estimators: List[str] = field(default_factory=lambda: ["twfe"])  # twfe | event_study
+
+
+@dataclass
 class BackendConf:
     # sequential | loky (all cores on this machine) | dask (a scheduler address, or a
     # LocalCluster started for the run when address is null)
@@ -224,6 +242,7 @@ class ExperimentConf:
     progress: bool = True
     figures: bool = True
     placebo: PlaceboConf = field(default_factory=PlaceboConf)
+    spec: SpecConf = field(default_factory=SpecConf)
 
 
 @dataclass

@@ -198,3 +198,28 @@ def test_treatment_absorbed_is_an_error(province):
         TWFE("lnce").fit(panel)
     with pytest.raises(EstimationError, match="treatment indicator 'd' is absorbed"):
         TWFE("lnce", controls=("lnpgdp",)).fit(panel)
+
+
+def test_region_by_year_effects_match_dummy_regression(province):
+    panel = province.assign(region=(province["unit"] % 4))
+    # full-rank dummies: every unit, and region-by-year cells less each region's first year
+    units = pd.get_dummies(panel["unit"].astype(str)).astype(float)
+    cell = panel["region"].astype(str) + ":" + panel["time"].astype(str)
+    cells = pd.get_dummies(cell).astype(float)
+    first = {f"{r}:{panel['time'].min()}" for r in panel["region"].unique()}
+    cells = cells.drop(columns=sorted(first))
+    X = pd.concat([units, cells], axis=1)
+    X["d"] = panel["d"].to_numpy(float)
+    X["lnpgdp"] = panel["lnpgdp"].to_numpy(float)
+    assert np.linalg.matrix_rank(X.to_numpy()) == X.shape[1]
+    ref = sm.OLS(panel["lnce"].to_numpy(), X).fit(cov_type="cluster", cov_kwds={"groups": panel["unit"]})
+    e = TWFE("lnce", controls=("lnpgdp",), time_by="region", ssc="full").fit(panel)
+    t = e.terms.set_index("term")
+    np.testing.assert_allclose(t.loc[["d", "lnpgdp"], "estimate"], ref.params[["d", "lnpgdp"]], rtol=1e-8)
+    np.testing.assert_allclose(t.loc[["d", "lnpgdp"], "std_error"], ref.bse[["d", "lnpgdp"]], rtol=1e-8)
+    conv = sm.OLS(panel["lnce"].to_numpy(), X).fit()
+    c = TWFE("lnce", controls=("lnpgdp",), time_by="region", se="conventional").fit(panel)
+    np.testing.assert_allclose(c.terms.set_index("term").loc[["d", "lnpgdp"], "std_error"],
+                               conv.bse[["d", "lnpgdp"]], rtol=1e-8)
+    with pytest.raises(Exception, match="constant within each unit"):
+        TWFE("lnce", time_by="time").fit(panel)
