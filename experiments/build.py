@@ -14,6 +14,7 @@ from estimators.callaway_santanna import CallawaySantAnna
 from estimators.event_study import EventStudy
 from estimators.imputation import Imputation
 from estimators.placebo import RandomizationInference
+from estimators.mediation import Mediation
 from estimators.psm import DRDID, PSMDID, PSMDIDWeighted
 from estimators.sun_abraham import SunAbraham
 from estimators.panel import OptionError, check_choice
@@ -27,7 +28,7 @@ ESTIMATORS: dict[str, type] = {
     "twfe": TWFE, "event_study": EventStudy, "randomization": RandomizationInference,
     "callaway_santanna": CallawaySantAnna, "sun_abraham": SunAbraham,
     "imputation": Imputation, "bacon": BaconDecomposition, "psm_did": PSMDID,
-    "psm_did_weighted": PSMDIDWeighted, "dr_did": DRDID,
+    "psm_did_weighted": PSMDIDWeighted, "dr_did": DRDID, "mediation": Mediation,
 }
 EXACT = {"auto": "auto", "true": True, "false": False}
 DATA_KINDS = ("province", "city", "file")
@@ -54,8 +55,8 @@ def build_estimator(label: str, spec: Mapping[str, Any], outcome: str) -> Any:
     kind = spec.pop("kind", None)
     check_choice(f"estimator.{label}.kind", kind, tuple(ESTIMATORS))
     cls = ESTIMATORS[kind]
-    for key in ("controls", "covariates"):
-        if key in spec and spec[key] is not None:
+    for key in ("controls", "covariates", "mediators", "lags"):
+        if isinstance(spec.get(key), list):  # (event_study's lags is a number)
             spec[key] = tuple(spec[key])
     if isinstance(spec.get("baseline"), str) and spec["baseline"].isdigit():
         spec["baseline"] = int(spec["baseline"])  # a baseline year given on the command line
@@ -99,7 +100,8 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
         raise OptionError(f"data={kind} is a file, not a simulator: Monte Carlo experiments need "
                           "data=province or data=city (or a calibrated config)")
     cls = ProvinceDGP if kind == "province" else CityDGP
-    dgp = _dataclass(cls, cfg.data, "data", drop=("kind", "outcomes", "controls", "score_covariates"))
+    dgp = _dataclass(cls, cfg.data, "data",
+                     drop=("kind", "outcomes", "controls", "score_covariates", "channels"))
     assignment = _dataclass(Assignment, cfg.assignment, "assignment")
     timing = _dataclass(Timing, cfg.timing, "timing")
     effect = _dataclass(Effect, cfg.effect, "effect")
@@ -113,12 +115,19 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
     assignment.validate(30)
     if effect.het_cohort != 0:
         raise OptionError("effect.het_cohort is used by the city panel (data=city) only")
-    return functools.partial(_draw_province, dgp, assignment, timing, effect)
+    from simulate.mediators import Channel, validate_channels
+
+    channels = tuple(Channel(**dict(c)) for c in _plain(cfg.data.get("channels", [])))
+    validate_channels(channels, dgp.years.size)
+    return functools.partial(_draw_province, dgp, assignment, timing, effect, channels)
 
 
 def _draw_province(dgp: ProvinceDGP, assignment: Assignment, timing: Timing, effect: Effect,
-                   rng: np.random.Generator) -> pd.DataFrame:
-    return draw_province(rng, dgp, assignment, timing, effect)
+                   *args: Any) -> pd.DataFrame:
+    # (channels, rng) or (rng,): the rng always comes last, as functools.partial appends it
+    rng = args[-1]
+    channels = args[0] if len(args) == 2 else ()
+    return draw_province(rng, dgp, assignment, timing, effect, channels)
 
 
 def _draw_city(dgp: CityDGP, assignment: Assignment, timing: Timing, effect: Effect,

@@ -20,6 +20,17 @@ from simulate.province import CONTROLS, ProvinceDGP
 
 
 @dataclass
+class ChannelConf:
+    """A mediator channel of the province simulator (simulate/mediators.py)."""
+
+    mediator: str = "lnes"
+    a: float = 0.0                 # effect of treatment on the mediator
+    b: Optional[float] = None      # effect of the mediator on the outcome (None: Table 4's)
+    lag: int = 0                   # the outcome responds `lag` years later
+    trend_sd: float = 0.0          # unobserved trend shared with the outcome (confounding)
+
+
+@dataclass
 class ProvinceData(ProvinceDGP):
     """The simulated province panel (seed 002's design)."""
 
@@ -29,6 +40,8 @@ class ProvinceData(ProvinceDGP):
     # a short list for propensity scores: with six covariates and six pilots the logit
     # separates in most draws
     score_covariates: List[str] = field(default_factory=lambda: ["lnpgdp", "lnes"])
+    # mediator channels: the policy moves these covariates, which move the outcome
+    channels: List[ChannelConf] = field(default_factory=list)
 
 
 @dataclass
@@ -166,6 +179,22 @@ class DRDIDConf:
 
 
 @dataclass
+class MediationConf:
+    """Stepwise (Baron-Kenny) mediation with two-way fixed effects."""
+
+    kind: str = "mediation"
+    mediators: List[str] = field(default_factory=lambda: ["lnes"])
+    lags: List[int] = field(default_factory=lambda: [0])   # one per mediator
+    controls: List[str] = field(default_factory=list)
+    equations: str = "separate"    # separate | joint
+    bootstrap: str = "cluster"     # cluster | stratified | none
+    n_boot: int = 999
+    ci: str = "percentile"         # percentile | bc
+    headline: str = "indirect"
+    alpha: float = 0.05
+
+
+@dataclass
 class BaconConf:
     kind: str = "bacon"
 
@@ -256,6 +285,8 @@ class Config:
         {"estimator": ["twfe", "twfe_controls", "event_study"]},
         {"backend": "loky"},
         {"experiment": None},
+        # settings an experiment needs only with one data option, e.g. robustness_province
+        {"optional experiment_data": "${experiment}_${data}"},
     ])
     seed: int = 0
     data: Any = MISSING
@@ -271,7 +302,7 @@ ESTIMATOR_SCHEMAS: dict[str, type] = {
     "twfe": TWFEConf, "event_study": EventStudyConf, "randomization": RandomizationConf,
     "callaway_santanna": CallawaySantAnnaConf, "sun_abraham": SunAbrahamConf,
     "imputation": ImputationConf, "bacon": BaconConf, "psm_did": PSMConf,
-    "psm_did_weighted": PSMConf, "dr_did": DRDIDConf,
+    "psm_did_weighted": PSMConf, "dr_did": DRDIDConf, "mediation": MediationConf,
 }
 
 

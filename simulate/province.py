@@ -9,6 +9,7 @@ coefficients, and whose treatment effect is known in every unit and year.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import functools
 
@@ -20,6 +21,7 @@ from estimators.panel import COHORT, D, TIME, UNIT, OptionError, treatment_from_
 
 from .design import Assignment, Effect, Timing, pick_pilots
 from .emissions import NON_COAL_MIX, carbon_emissions, fuels_for_emissions
+from .mediators import Channel, CovariateParts, draw_channels, validate_channels
 
 PROVINCES = (
     "Beijing", "Tianjin", "Hebei", "Shanxi", "Inner Mongolia", "Liaoning", "Jilin",
@@ -50,6 +52,8 @@ COVARIATES = {
     "lnes": ("es", -0.025, 0.08, -1.0),
 }
 CONTROLS = tuple(COVARIATES)
+#: the coal share is capped at 0.99 in logs
+ES_CAP = float(np.log(0.99))
 #: multiplier on the province-effect SD, by (level, group). A pooled sample SD over a few
 #: provinces of a skewed (lognormal) variable falls short of its population value, and the
 #: coal share is capped below one; these factors were tuned so that the average per-draw
@@ -214,6 +218,7 @@ def draw_province(
     assignment: Assignment | None = None,
     timing: Timing | None = None,
     effect: Effect | None = None,
+    channels: Sequence[Channel] = (),
 ) -> pd.DataFrame:
     """Draw one province panel (30 provinces x ``first_year..last_year``).
 
@@ -224,6 +229,10 @@ def draw_province(
     dgp, assignment, timing, effect
         Process, pilot selection, treatment dates and effect (defaults: seed 002's design
         with a -0.3 log-point effect from 2011).
+    channels
+        Mediator channels (:mod:`simulate.mediators`): covariates the policy moves and
+        through which it moves emissions. ``effect`` is then the direct effect. Without
+        channels (the default) nothing extra is drawn and the panel is unchanged.
 
     Returns
     -------
@@ -231,7 +240,10 @@ def draw_province(
         Canonical panel (``unit``, ``time``, ``cohort``, ``d``), the outcomes ``lnce`` and
         ``lncei``, the six logged controls and their levels, the eight fuel quantities and
         ``ce``, ``gdp``; truth columns ``y0_lnce``, ``te_lnce``, ``y0_lncei``, ``te_lncei``;
-        ``province`` (name) and ``pilot_profile`` (an actual pilot).
+        ``province`` (name) and ``pilot_profile`` (an actual pilot). With channels, appended
+        after those: ``y0_<m>`` and ``te_<m>`` for each mediator ``m``, ``de_lnce`` and
+        ``de_lncei`` (direct effects), and ``ie_lnce_<m>``, ``ie_lncei_<m>`` (indirect
+        effects through ``m``); ``te_<outcome>`` is then direct plus indirect.
 
     Notes
     -----
@@ -250,6 +262,8 @@ def draw_province(
     effect.validate()
     years = dgp.years
     n_units, n_years = len(PROVINCES), years.size
+    channels = tuple(channels)
+    validate_channels(channels, n_years)
     profile = np.array([p in PILOTS for p in PROVINCES])
     group = np.where(profile, "pilot", "non_pilot")
     tau = (years - years.mean())[None, :]
@@ -258,6 +272,7 @@ def draw_province(
     factor = rng.standard_normal(n_units)
     logs: dict[str, np.ndarray] = {}
     levels: dict[str, np.ndarray] = {}
+    parts: dict[str, CovariateParts] = {}
     locations = covariate_locations(dgp.first_year, dgp.last_year, int(profile.sum()),
                                     int((~profile).sum()))
     for name, (level, growth, noise, loading) in COVARIATES.items():
@@ -268,11 +283,13 @@ def draw_province(
         rho_f = dgp.factor_corr if loading != 0 else 0.0
         z = np.sign(loading) * np.sqrt(rho_f) * factor + np.sqrt(1 - rho_f) * rng.standard_normal(n_units)
         a = loc + sd_a * z
-        x = a[:, None] + growth * tau + _ar1(rng, (n_units, n_years), dgp.rho_x, noise)
+        v = _ar1(rng, (n_units, n_years), dgp.rho_x, noise)
+        x = a[:, None] + growth * tau + v
         if level == "es":  # a share: keep it inside (0, 1)
-            x = np.minimum(x, np.log(0.99))
+            x = np.minimum(x, ES_CAP)
         logs[name] = x
         levels[level] = np.exp(x)
+        parts[name] = CovariateParts(a, growth, noise, v, ES_CAP if level == "es" else None)
     baseline = logs["lnpgdp"][:, 0]
     z_pgdp = (baseline - baseline.mean()) / baseline.std()
 
@@ -290,21 +307,39 @@ def draw_province(
     te = np.where(k_eff >= 0, effect.path(k_eff) + tau_i[:, None], 0.0)
     te = np.where(treated_unit[:, None], te, 0.0)
 
-    # --- untreated outcome ----------------------------------------------------------------
-    beta = {n: b * dgp.covariate_effects for n, b in BETA_LNCE.items()}
-    xb = sum(beta[n] * logs[n] for n in CONTROLS)
-    level_c = np.array([np.log(CE_MEAN[g]) for g in group])
-    group_mean = {g: xb[group == g].mean() for g in ("pilot", "non_pilot")}
-    mean_xb = np.array([group_mean[g] for g in group])  # centre xb within profile
+    # --- untreated outcome: random parts, drawn in this order ------------------------------
     alpha = dgp.unit_sd * rng.standard_normal(n_units)
     lam = dgp.year_sd * rng.standard_normal(n_years)
     lam -= lam.mean()
     trend = (dgp.trend_gap * treated_unit[:, None] + dgp.trend_pgdp * z_pgdp[:, None]) * tau
     u = _ar1(rng, (n_units, n_years), dgp.rho, dgp.sigma / np.sqrt(max(1 - dgp.rho**2, 1e-12)))
+    mix = rng.dirichlet(40 * np.array(list(NON_COAL_MIX.values())), size=n_units)
+
+    # --- mediator channels: drawn after everything else, so that they leave the rest of
+    # the draw as it is without them ----------------------------------------------------------
+    beta = {n: b * dgp.covariate_effects for n, b in BETA_LNCE.items()}
+    outcome_terms = {n: beta[n] * logs[n] for n in CONTROLS}
+    direct = te
+    ch = None
+    if channels:
+        ch = draw_channels(rng, channels, parts, logs, years, cohort, timing.anticipation,
+                           dgp.rho_x, beta)
+        outcome_terms.update(ch.outcome_terms)
+        for m, x in ch.observed.items():
+            logs[m] = x
+            levels[COVARIATES[m][0]] = np.exp(x)
+        te = direct + sum(ch.indirect.values())
+
+    # --- untreated outcome ----------------------------------------------------------------
+    xb = sum(outcome_terms[n] for n in CONTROLS)
+    level_c = np.array([np.log(CE_MEAN[g]) for g in group])
+    group_mean = {g: xb[group == g].mean() for g in ("pilot", "non_pilot")}
+    mean_xb = np.array([group_mean[g] for g in group])  # centre xb within profile
     y0 = (level_c - 0.5 * 0.3)[:, None] + (xb - mean_xb[:, None]) + alpha[:, None] + lam[None, :] + trend + u
+    if ch is not None:
+        y0 = y0 + ch.outcome_trend
 
     # --- emissions by the IPCC accounting -------------------------------------------------
-    mix = rng.dirichlet(40 * np.array(list(NON_COAL_MIX.values())), size=n_units)
     mix_grid = np.broadcast_to(mix[:, None, :], (n_units, n_years, mix.shape[1]))
     es = levels["es"]
     fuels = fuels_for_emissions(np.exp(y0 + te), es, mix_grid)
@@ -333,6 +368,15 @@ def draw_province(
     cols["te_lncei"] = te.ravel()
     cols["province"] = np.repeat(np.array(PROVINCES, dtype=object), n_years)
     cols["pilot_profile"] = np.repeat(profile, n_years)
+    if ch is not None:
+        for m in ch.effect:
+            cols[f"y0_{m}"] = ch.untreated[m].ravel()
+            cols[f"te_{m}"] = ch.effect[m].ravel()
+        for outcome in ("lnce", "lncei"):
+            cols[f"de_{outcome}"] = direct.ravel()
+        for outcome in ("lnce", "lncei"):
+            for m in ch.indirect:
+                cols[f"ie_{outcome}_{m}"] = ch.indirect[m].ravel()
     return pd.DataFrame(cols)
 
 
