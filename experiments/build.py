@@ -31,8 +31,8 @@ ESTIMATORS: dict[str, type] = {
     "psm_did_weighted": PSMDIDWeighted, "dr_did": DRDID, "mediation": Mediation,
 }
 EXACT = {"auto": "auto", "true": True, "false": False}
-DATA_KINDS = ("province", "city", "file")
-SIMULATED = ("province", "city")
+DATA_KINDS = ("province", "city", "file", "calibrated")
+SIMULATED = ("province", "city", "calibrated")
 
 
 def _plain(node: Any) -> Any:
@@ -99,6 +99,19 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
     if kind not in SIMULATED:
         raise OptionError(f"data={kind} is a file, not a simulator: Monte Carlo experiments need "
                           "data=province or data=city (or a calibrated config)")
+    if kind == "calibrated":
+        from simulate.calibrated import CalibratedDGP
+
+        dgp = _dataclass(CalibratedDGP, cfg.data, "data",
+                         drop=("kind", "source", "outcomes", "controls", "score_covariates"))
+        assignment = _dataclass(Assignment, cfg.assignment, "assignment")
+        timing = _dataclass(Timing, cfg.timing, "timing")
+        effect = _dataclass(Effect, cfg.effect, "effect")
+        dgp.validate()
+        effect.validate()
+        timing.validate()
+        check_choice("assignment.kind", assignment.kind, ("actual", "random", "selected"))
+        return functools.partial(_draw_calibrated, dgp, assignment, timing, effect)
     cls = ProvinceDGP if kind == "province" else CityDGP
     dgp = _dataclass(cls, cfg.data, "data",
                      drop=("kind", "outcomes", "controls", "score_covariates", "channels"))
@@ -157,3 +170,27 @@ def load_or_draw(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
         return load_panel(file_spec(cfg))
     draw = build_draw(cfg)
     return draw(np.random.default_rng(replicate_seed(int(cfg.seed), 0))), []
+
+
+def _draw_calibrated(dgp: Any, assignment: Assignment, timing: Timing, effect: Effect,
+                     rng: np.random.Generator) -> pd.DataFrame:
+    from simulate.calibrated import draw_calibrated
+
+    return draw_calibrated(rng, dgp, assignment, timing, effect)
+
+
+def resolve_calibrated(cfg: DictConfig) -> DictConfig:
+    """Fill a ``data=calibrated`` config from its source file (user overrides win)."""
+    if cfg.data.get("kind") != "calibrated":
+        return cfg
+    from .calibrate import load_calibration
+
+    loaded = load_calibration(cfg.data.source)
+    mine = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k not in ("kind", "source")}
+    merged = OmegaConf.merge(OmegaConf.create(loaded), OmegaConf.create(mine))
+    merged.source = cfg.data.source
+    out = cfg.copy()
+    OmegaConf.set_struct(out, False)
+    out.data = merged
+    OmegaConf.set_struct(out, True)
+    return out

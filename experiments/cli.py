@@ -68,8 +68,9 @@ def _precheck(argv: list[str]) -> None:
         for job in jobs:
             if any(j.startswith("hydra") or j.startswith("hydra/") for j in job):
                 job = [j for j in job if not j.startswith("hydra")]
-            cfg = compose(job)
-            from .build import SIMULATED, build_draw, build_estimators, file_spec
+            from .build import SIMULATED, build_draw, build_estimators, file_spec, resolve_calibrated
+
+            cfg = resolve_calibrated(compose(job))
             from .realdata import load_panel
 
             if cfg.data.kind in SIMULATED:

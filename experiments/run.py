@@ -15,11 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from estimators.panel import OptionError, check_choice
 
 from . import report
-from .build import build_draw, build_estimators, load_or_draw
+from .build import build_draw, build_estimators, load_or_draw, resolve_calibrated
 from .montecarlo import (Backend, Design, design_key, diagnose, fit_one, replicate_seed,
                          run_designs)
 
-EXPERIMENT_KINDS = ("single", "montecarlo", "placebo", "estimate", "spec_curve")
+EXPERIMENT_KINDS = ("single", "montecarlo", "placebo", "estimate", "spec_curve", "calibrate")
 AXES = ("data", "assignment", "timing", "effect")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -180,6 +180,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[st
     dict
         Paths of what was written and the main tables (for tests and notebooks).
     """
+    cfg = resolve_calibrated(cfg)
     kind = cfg.experiment.kind
     check_choice("experiment.kind", kind, EXPERIMENT_KINDS)
     out = Path(output_dir) if output_dir is not None else _hydra_output_dir()
@@ -256,6 +257,11 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
         print("\n" + reg["markdown"])
         sections.append("## Regression table\n\n" + reg["markdown"] + "\n")
         written.update(regression_table=out / "regression_table.md", results=out / "results.parquet")
+    elif kind == "calibrate":
+        _write_table(table, out / "results")
+        extra, sections_cal = _run_calibrate(cfg, panel, out)
+        written.update(extra)
+        sections.extend(sections_cal)
     elif kind == "spec_curve":
         from .spec_curve import run_spec_curve
 
@@ -327,6 +333,67 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
     written["table"] = table
     print(f"\nOutputs written to {out}")
     return written
+
+
+def _run_calibrate(cfg: DictConfig, panel: pd.DataFrame, out: Path) -> tuple[dict, list[str]]:
+    """Fit the simulator to the panel, save it, compare moments, run the BDM placebo."""
+    from .calibrate import calibrate, placebo_design, save_calibration
+    from .build import _draw_calibrated
+    from simulate.calibrated import draw_calibrated
+
+    if cfg.data.kind != "file":
+        raise OptionError("experiment=calibrate fits the simulator to a file: use data=file "
+                          "(or data=example)")
+    outcome = list(cfg.experiment.outcomes)[0]
+    controls = list(cfg.data.controls)
+    dgp = calibrate(panel, outcome, controls)
+    path = save_calibration(dgp, out / "calibrated.yaml", str(cfg.data.path), controls)
+    sim = draw_calibrated(np.random.default_rng(replicate_seed(int(cfg.seed), 0)), dgp)
+    rows = []
+    for col in [outcome, *controls]:
+        for name, frame in (("data", panel), ("simulated", sim)):
+            unit_means = frame.groupby("unit")[col].mean()
+            rows.append({"variable": col, "source": name, "mean": frame[col].mean(),
+                         "sd": frame[col].std(), "sd_between_units": unit_means.std(),
+                         "sd_within_units": (frame[col] - frame["unit"].map(unit_means)).std()})
+    moments = pd.DataFrame(rows)
+    moments.to_csv(out / "calibration_moments.csv", index=False)
+    params = pd.DataFrame([{"rho": dgp.rho, "sigma": dgp.sigma, "unit_sd": dgp.unit_sd,
+                            "treated_shift": dgp.treated_shift, "selection": dgp.selection,
+                            **{f"beta_{k}": v for k, v in dgp.beta.items()}}])
+    # the Bertrand-Duflo-Mullainathan placebo on the real outcomes
+    estimators = build_estimators(cfg, [outcome])
+    design = placebo_design(panel, outcome, estimators)
+    backend = Backend(**OmegaConf.to_container(cfg.backend, resolve=True))
+    from .montecarlo import run_designs
+
+    key = design_key({"bdm": str(cfg.data.path), "mtime": Path(str(cfg.data.path)).stat().st_mtime,
+                      **_hash_payload(cfg)})
+    results = run_designs([design], int(cfg.experiment.n_reps), int(cfg.seed),
+                          store=cfg.experiment.store, keys=[key],
+                          chunk_size=int(cfg.experiment.chunk_size), backend=backend,
+                          progress=bool(cfg.experiment.progress) and _isatty())
+    diag = diagnose(results[results["role"] == "headline"])
+    _write_table(results, out / "placebo_results")
+    diag.to_csv(out / "placebo_diagnosands.csv", index=False)
+    cols = ["estimator", "term", "n_draws", "n_failed", "rejection", "rejection_mcse", "mean_estimate",
+            "se_sd_ratio"]
+    _print_table("Calibrated parameters (saved to calibrated.yaml)", params)
+    _print_table("Real vs simulated moments", moments)
+    _print_table(f"Semi-synthetic placebo (BDM): fake pilots among never-treated units, "
+                 f"{cfg.experiment.n_reps} draws; rejection = size at 5%", diag[cols])
+    print(f"\nRun the Monte Carlo on panels like yours:\n  didlab experiment=robustness "
+          f"data=calibrated data.source={path}")
+    sections = [
+        "## Calibration\n\nParameters fitted to the panel (all in `calibrated.yaml`):\n\n"
+        + report.markdown_table(params) + "\n\nReal against simulated moments:\n\n"
+        + report.markdown_table(moments) + "\n",
+        "## Semi-synthetic placebo (Bertrand, Duflo and Mullainathan 2004)\n\nThe real outcomes "
+        "of the never-treated units, with the data's cohort sizes given to random units among "
+        "them; every rejection is a false positive.\n\n" + report.markdown_table(diag[cols]) + "\n",
+        f"Use the calibration: `didlab experiment=robustness data=calibrated data.source={path}`\n",
+    ]
+    return {"calibration": path, "moments": moments, "placebo": diag, "dgp": dgp}, sections
 
 
 def _write_table(frame: pd.DataFrame, stem: Path) -> None:

@@ -42,6 +42,9 @@ class CalibratedDGP:
     sigma: float = 0.05               # stationary SD of the outcome's error
     treated_shift: float = 0.0        # mean unit-effect gap of treated units (level, not trend)
     beta: Dict[str, float] = field(default_factory=dict)
+    # unit effects load on the units' covariate means (as in the data: rich provinces have
+    # lower effects net of GDP, say); unit_sd is the SD of the remainder
+    gamma: Dict[str, float] = field(default_factory=dict)
     covariates: Dict[str, Dict[str, float]] = field(default_factory=dict)
     selection: float = 0.0            # logit slope of treatment on the first covariate's
                                       # standardised unit mean (strength for "selected")
@@ -118,6 +121,10 @@ def draw_calibrated(rng: np.random.Generator, dgp: CalibratedDGP,
                           f"pre- or post-period in {years[0]}-{years[-1]}")
     lam = np.asarray(dgp.year_effects, dtype=float) if dgp.year_effects else np.zeros(t_n)
     alpha = dgp.unit_sd * rng.standard_normal(n) + dgp.treated_shift * profile
+    for name, g in dgp.gamma.items():
+        if name in xs:
+            m = xs[name].mean(axis=1)
+            alpha = alpha + g * (m - m.mean())
     xb = sum((dgp.beta.get(k, 0.0) * v for k, v in xs.items()), np.zeros((n, t_n)))
     u = _ar1(rng, (n, t_n), dgp.rho, dgp.sigma)
     y0 = alpha[:, None] + lam[None, :] + xb + u
