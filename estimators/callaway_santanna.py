@@ -61,6 +61,13 @@ def did_2x2(dy: np.ndarray, treat: np.ndarray, x: np.ndarray, method: str) -> tu
     n = dy.size
     dmask = treat == 1
     w_treat = treat.astype(float)
+    if x.shape[1] == 1:
+        # no covariates: all three estimators are the difference in mean changes, with the
+        # influence function D(dy - mu_1)/p - (1 - D)(dy - mu_0)/(1 - p)
+        p = w_treat.mean()
+        mu1, mu0 = dy[dmask].mean(), dy[~dmask].mean()
+        inf = w_treat * (dy - mu1) / p - (1 - w_treat) * (dy - mu0) / (1 - p)
+        return float(mu1 - mu0), inf
     if method in ("reg", "dr"):
         xc = x[~dmask]
         coef, *_ = np.linalg.lstsq(xc, dy[~dmask], rcond=None)

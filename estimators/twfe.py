@@ -73,9 +73,10 @@ class FEResult:
         se = np.full(len(self.names), np.nan)
         est[self.fit.keep] = self.fit.coef
         se[self.fit.keep] = np.sqrt(np.diag(self.cov))
+        if any(self.fit.reasons):  # say why, where something is not identified
+            extra = {"note": np.array(self.fit.reasons, dtype=object), **extra}
         return terms_frame(list(self.names), est, se, alpha, self.df,
-                           identified=self.fit.keep, note=np.array(self.fit.reasons, dtype=object),
-                           **extra)
+                           identified=self.fit.keep, **extra)
 
 
 def fit_fe(arrays: FEArrays, se: str, ssc: str, dist: str) -> FEResult:

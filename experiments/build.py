@@ -152,6 +152,8 @@ def file_spec(cfg: DictConfig) -> Any:
     """The :class:`~experiments.realdata.FileSpec` of a ``data=file`` config."""
     from .realdata import FileSpec
 
+    if OmegaConf.is_missing(cfg.data, "path"):
+        raise OptionError("data.path is not set: data=file needs data.path=PATH (.csv, .parquet or .dta)")
     values = {k: v for k, v in dict(_plain(cfg.data)).items()
               if k not in ("kind", "score_covariates")}
     values["treated_units"] = tuple(values.get("treated_units") or ())
