@@ -148,22 +148,28 @@ def check_panel(
     """
     if not isinstance(panel, pd.DataFrame):
         raise PanelError(f"a panel must be a pandas DataFrame, got {type(panel).__name__}")
-    needed = list(CANONICAL) + [c for c in (*outcomes, *covariates) if c not in CANONICAL]
-    missing = [c for c in needed if c not in panel.columns]
-    if missing:
-        raise PanelError(
+    if len(panel) == 0:
+        raise PanelError("the panel has no rows")
+
+    def missing_error() -> PanelError:
+        needed = list(CANONICAL) + [c for c in (*outcomes, *covariates) if c not in CANONICAL]
+        missing = [c for c in needed if c not in panel.columns]
+        return PanelError(
             f"column {missing[0]!r} is missing from the panel"
             + (f" (also missing: {missing[1:]})" if len(missing) > 1 else "")
             + f"; columns present: {list(panel.columns)[:20]}"
         )
-    if len(panel) == 0:
-        raise PanelError("the panel has no rows")
 
     arrays: dict[str, np.ndarray] = {}
+    if UNIT not in panel.columns:
+        raise missing_error()
     for col in (TIME, COHORT, D, *outcomes, *covariates):
         if col in arrays:
             continue
-        s = panel[col]
+        try:  # one lookup per column: a membership test first would double the cost
+            s = panel[col]
+        except KeyError:
+            raise missing_error() from None
         dt = s.dtype
         if isinstance(dt, np.dtype) and dt.kind in "biuf":  # plain numpy: the common, fast case
             arrays[col] = s.to_numpy() if dt == np.float64 else s.to_numpy().astype(float)

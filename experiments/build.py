@@ -103,7 +103,7 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
         from simulate.calibrated import CalibratedDGP
 
         dgp = _dataclass(CalibratedDGP, cfg.data, "data",
-                         drop=("kind", "source", "outcomes", "controls", "score_covariates"))
+                         drop=("kind", "from", "source", "outcomes", "controls", "score_covariates"))
         assignment = _dataclass(Assignment, cfg.assignment, "assignment")
         timing = _dataclass(Timing, cfg.timing, "timing")
         effect = _dataclass(Effect, cfg.effect, "effect")
@@ -187,10 +187,14 @@ def resolve_calibrated(cfg: DictConfig) -> DictConfig:
         return cfg
     from .calibrate import load_calibration
 
-    loaded = load_calibration(cfg.data.source)
-    mine = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k not in ("kind", "source")}
+    if OmegaConf.is_missing(cfg.data, "from"):
+        raise OptionError("data=calibrated needs data.from=PATH to a calibrated.yaml written by "
+                          "`didlab data=file ... experiment=calibrate`")
+    source = cfg.data["from"]
+    loaded = load_calibration(source)
+    mine = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k not in ("kind", "from")}
     merged = OmegaConf.merge(OmegaConf.create(loaded), OmegaConf.create(mine))
-    merged.source = cfg.data.source
+    merged["from"] = source
     out = cfg.copy()
     OmegaConf.set_struct(out, False)
     out.data = merged

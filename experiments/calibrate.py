@@ -181,7 +181,7 @@ def save_calibration(dgp: CalibratedDGP, path: Path, source: str, controls: Sequ
             "controls": list(controls), "score_covariates": list(controls)[:2],
             **{k: v for k, v in asdict(dgp).items()}}
     text = ("# Fitted by `didlab experiment=calibrate` from " + source + ".\n"
-            "# Use it with: didlab experiment=calibrated data=calibrated data.source=" + str(path) + "\n"
+            "# Use it with: didlab experiment=robustness data=calibrated data.from=" + str(path) + "\n"
             + OmegaConf.to_yaml(OmegaConf.create(body)))
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)

@@ -383,7 +383,7 @@ def _run_calibrate(cfg: DictConfig, panel: pd.DataFrame, out: Path) -> tuple[dic
     _print_table(f"Semi-synthetic placebo (BDM): fake pilots among never-treated units, "
                  f"{cfg.experiment.n_reps} draws; rejection = size at 5%", diag[cols])
     print(f"\nRun the Monte Carlo on panels like yours:\n  didlab experiment=robustness "
-          f"data=calibrated data.source={path}")
+          f"data=calibrated data.from={path}")
     sections = [
         "## Calibration\n\nParameters fitted to the panel (all in `calibrated.yaml`):\n\n"
         + report.markdown_table(params) + "\n\nReal against simulated moments:\n\n"
@@ -391,7 +391,7 @@ def _run_calibrate(cfg: DictConfig, panel: pd.DataFrame, out: Path) -> tuple[dic
         "## Semi-synthetic placebo (Bertrand, Duflo and Mullainathan 2004)\n\nThe real outcomes "
         "of the never-treated units, with the data's cohort sizes given to random units among "
         "them; every rejection is a false positive.\n\n" + report.markdown_table(diag[cols]) + "\n",
-        f"Use the calibration: `didlab experiment=robustness data=calibrated data.source={path}`\n",
+        f"Use the calibration: `didlab experiment=robustness data=calibrated data.from={path}`\n",
     ]
     return {"calibration": path, "moments": moments, "placebo": diag, "dgp": dgp}, sections
 

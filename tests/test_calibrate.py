@@ -63,7 +63,7 @@ def test_saved_calibration_round_trips(fitted, tmp_path):
     path = save_calibration(est, tmp_path / "calibrated.yaml", "test", ["x1", "x2"])
     loaded = load_calibration(path)
     assert loaded["rho"] == pytest.approx(est.rho) and loaded["outcomes"] == ["y"]
-    cfg = compose(["data=calibrated", f"data.source={path}", "experiment.outcomes=[y]",
+    cfg = compose(["data=calibrated", f"data.from={path}", "experiment.outcomes=[y]",
                    "estimator=[twfe]", "timing=market_open"])
     out = run(cfg, tmp_path / "run")
     head = out["table"]
