@@ -21,7 +21,7 @@ def options(group):
 #: options that only make sense with another group's option
 NEEDS = {("effect", "cohort_het"): ["data=city"], ("experiment", "calibrate"): ["data=example"]}
 #: options that need a file made by another run (covered in tests/test_calibrate.py)
-ELSEWHERE = {("data", "calibrated")}
+ELSEWHERE = {("data", "calibrated"), ("data", "file")}  # need a file; see test_realdata.py
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)
