@@ -406,6 +406,15 @@ class CallawaySantAnna:
         if self.bootstrap:
             diagnostics["uniform_crit"] = ucrit
         del pre
+        dyn_mask = ((terms["aggregation"] == "dynamic") & (terms["level"] != "overall")).to_numpy()
+        dyn_idx = np.flatnonzero(dyn_mask)
+        ev_names = [f"ev{int(float(l)):+d}" for l in terms["level"].to_numpy()[dyn_idx]]
+        if self.bootstrap:
+            z = zdraws[:, dyn_idx] * se[dyn_idx]
+            ev_cov = np.cov(z, rowvar=False)
+        else:
+            ev_cov = infs[:, dyn_idx].T @ infs[:, dyn_idx] / gt.n**2
+        event_cov = pd.DataFrame(np.atleast_2d(ev_cov), index=ev_names, columns=ev_names)
         return Estimate(
             estimator=self.label, term="ATT" if self.aggregation == "simple" else f"ATT_{self.aggregation}",
             estimate=float(est[h]), std_error=float(se[h]), p_value=float(terms["p_value"].iloc[h]),
@@ -414,6 +423,7 @@ class CallawaySantAnna:
             n_clusters=gt.n, inference=inference, terms=terms, diagnostics=diagnostics,
             notes=(f"control group: {self.control_group}; base period: {self.base_period}; "
                    f"method: {self.method}",),
+            event_cov=event_cov,
         )
 
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:

@@ -183,6 +183,9 @@ class EventStudy:
             diagnostics.update({"pretrend_F": wald, "pretrend_p": p, "pretrend_df1": float(q)})
         else:
             notes.append("no pre-period coefficient: the pre-trend test is not available")
+        ev_ids = [n for n in ev_names if n in ids]
+        ix = [ids.index(n) for n in ev_ids]
+        event_cov = pd.DataFrame(res.cov[np.ix_(ix, ix)], index=ev_ids, columns=ev_ids)
         return Estimate(
             estimator=self.label,
             term="ATT_post",
@@ -199,4 +202,5 @@ class EventStudy:
             terms=terms,
             diagnostics=diagnostics,
             notes=tuple(notes),
+            event_cov=event_cov,
         )

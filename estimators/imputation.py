@@ -113,6 +113,9 @@ class Imputation:
             "conf_high": est + crit * se,
             "event_time": np.r_[np.nan, events.astype(float)],
         })
+        cov = scores.T @ scores
+        ev_names = names[1:]
+        event_cov = pd.DataFrame(cov[1:, 1:], index=ev_names, columns=ev_names)
         diagnostics = {"n_treated_obs": float(tau.size)}
         diagnostics.update(self._pretrend(panel[untreated], unit[untreated]))
         return Estimate(
@@ -123,6 +126,7 @@ class Imputation:
             inference="BJS conservative variance (averaged treated residuals), clustered by unit, normal",
             terms=terms, diagnostics=diagnostics,
             notes=(f"imputation model fitted on {int(untreated.sum())} untreated observations",),
+            event_cov=event_cov,
         )
 
     def _pretrend(self, untreated: pd.DataFrame, unit_codes: np.ndarray) -> dict[str, float]:

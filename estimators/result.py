@@ -53,6 +53,9 @@ class Estimate:
         Scalars such as the pre-trend p-value.
     notes
         Human-readable remarks (absorbed regressors, dropped rows...).
+    event_cov
+        Covariance matrix of the event-time terms (``ev-k`` ... ``ev+k``), what honest
+        sensitivity analysis (:mod:`estimators.sensitivity`) needs.
     """
 
     estimator: str
@@ -70,6 +73,9 @@ class Estimate:
     terms: pd.DataFrame = field(default_factory=_empty_terms)
     diagnostics: Mapping[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: covariance of the event-time terms (labelled by term), for sensitivity analysis;
+    #: None where the method has no event-time terms
+    event_cov: pd.DataFrame | None = None
 
     @property
     def statistic(self) -> float:

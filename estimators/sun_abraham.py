@@ -111,6 +111,8 @@ class SunAbraham:
             "conf_high": est + crit * se,
             "event_time": np.r_[np.asarray(rows, dtype=float), np.nan],
         })
+        ev_cov = wmat[:-1] @ res.cov @ wmat[:-1].T
+        ev_names = [f"ev{e:+d}" for e in rows]
         cell_terms = res.terms(self.alpha)
         terms = pd.concat([terms, cell_terms.assign(event_time=np.nan)], ignore_index=True)
         return Estimate(
@@ -121,6 +123,7 @@ class SunAbraham:
             inference=describe_inference(self.se, self.ssc, self.dist, cluster, res.df)
             + ", cohort shares fixed",
             terms=terms, diagnostics={"n_cells": float(len(cells))}, notes=tuple(notes),
+            event_cov=pd.DataFrame(ev_cov, index=ev_names, columns=ev_names),
         )
 
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:

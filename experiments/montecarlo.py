@@ -335,6 +335,16 @@ def diagnose(results: pd.DataFrame, by: Sequence[str] = ("cell", "outcome", "est
             r = (pre[np.isfinite(pre)] < 0.05)
             rec["pretrend_reject"] = r.mean()
             rec["pretrend_reject_mcse"] = np.sqrt(r.mean() * (1 - r.mean()) / r.size)
+            # "pre-test, then report": how the estimate behaves among draws that pass
+            passed = np.isfinite(pre) & (pre >= 0.05)
+            k = int(passed.sum())
+            rec["n_pass_pretest"] = k
+            if k > 1:
+                rec["bias_given_pass"] = float(np.nanmean(err[passed]))
+                rec["bias_given_pass_mcse"] = float(np.nanstd(err[passed], ddof=1) / np.sqrt(k))
+                cp = cover[passed].mean()
+                rec["coverage_given_pass"] = float(cp)
+                rec["coverage_given_pass_mcse"] = float(np.sqrt(cp * (1 - cp) / k))
         out.append(rec)
     frame = pd.DataFrame(out)
     if failed_counts is not None and len(frame):

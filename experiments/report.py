@@ -356,3 +356,32 @@ def spec_curve_figure(table: pd.DataFrame, choices: Sequence[str], path: Path,
     bottom.set_xlabel("specifications, sorted by estimate")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def sensitivity_figure(table: pd.DataFrame, path: Path) -> Path:
+    """Honest confidence sets against the bound M (smoothness) and Mbar (relative
+    magnitudes), the conventional interval at the left, one row per estimator."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    keys = list(dict.fromkeys(table[["outcome", "estimator"]].itertuples(index=False, name=None)))
+    fig, axes = plt.subplots(len(keys), 2, figsize=(10, 3.2 * len(keys)), squeeze=False)
+    for i, (outcome, label) in enumerate(keys):
+        sub = table[(table["outcome"] == outcome) & (table["estimator"] == label)]
+        conv = sub[sub["method"] == "conventional"].iloc[0]
+        for j, restriction in enumerate(("smoothness", "relative_magnitudes")):
+            ax = axes[i, j]
+            g = sub[sub["restriction"] == restriction]
+            if g.empty:
+                ax.set_visible(False)
+                continue
+            m = g["M"].to_numpy()
+            step = (m.max() - m.min()) / max(len(m) - 1, 1) or 1.0
+            ax.vlines(m, g["lower"], g["upper"], color=sns.color_palette("deep")[0], lw=3)
+            ax.vlines([m.min() - step], [conv["lower"]], [conv["upper"]], color="grey", lw=3)
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set_xticks(np.r_[m.min() - step, m])
+            ax.set_xticklabels(["conv."] + [f"{v:.3g}" for v in m], rotation=30, fontsize=8)
+            ax.set_xlabel("M (second differences)" if j == 0 else "Mbar (relative magnitude)")
+            ax.set_ylabel("95% set for the average post effect")
+            ax.set_title(f"{label} on {outcome}: {restriction.replace('_', ' ')}", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -19,7 +19,8 @@ from .build import build_draw, build_estimators, load_or_draw, resolve_calibrate
 from .montecarlo import (Backend, Design, design_key, diagnose, fit_one, replicate_seed,
                          run_designs)
 
-EXPERIMENT_KINDS = ("single", "montecarlo", "placebo", "estimate", "spec_curve", "calibrate")
+EXPERIMENT_KINDS = ("single", "montecarlo", "placebo", "estimate", "spec_curve", "calibrate",
+                    "sensitivity")
 AXES = ("data", "assignment", "timing", "effect")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -257,6 +258,13 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
         print("\n" + reg["markdown"])
         sections.append("## Regression table\n\n" + reg["markdown"] + "\n")
         written.update(regression_table=out / "regression_table.md", results=out / "results.parquet")
+    elif kind == "sensitivity":
+        from .sensitivity_run import run_sensitivity
+
+        _write_table(table, out / "results")
+        extra_w, extra_s = run_sensitivity(cfg, panel, out)
+        written.update(extra_w)
+        sections.extend(extra_s)
     elif kind == "calibrate":
         _write_table(table, out / "results")
         extra, sections_cal = _run_calibrate(cfg, panel, out)

@@ -243,6 +243,16 @@ class SpecConf:
 
 
 @dataclass
+class SensitivityConf:
+    """What experiment=sensitivity computes."""
+
+    target: str = "average"        # average of the post effects, or an event time (0, 1, ...)
+    m_grid: List[float] = field(default_factory=list)      # empty: a grid from the SEs
+    mbar_grid: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0])
+    alpha: float = 0.05
+
+
+@dataclass
 class BackendConf:
     # sequential | loky (all cores on this machine) | dask (a scheduler address, or a
     # LocalCluster started for the run when address is null)
@@ -272,6 +282,7 @@ class ExperimentConf:
     figures: bool = True
     placebo: PlaceboConf = field(default_factory=PlaceboConf)
     spec: SpecConf = field(default_factory=SpecConf)
+    sensitivity: SensitivityConf = field(default_factory=SensitivityConf)
 
 
 @dataclass

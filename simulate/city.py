@@ -60,6 +60,9 @@ class CityDGP:
     het_developed: float = 0.0
     het_resource: float = 0.0
     het_old_industrial: float = 0.0
+    # treated cities' untreated outcome trends by this much per year relative to the others
+    # (measured from the reference year before their cohort); breaks parallel trends
+    trend_gap: float = 0.0
     # national market from 2021: every city, treated or not, gets this effect from 2021 on;
     # contaminates the never-treated comparison group
     national_2021: float = 0.0
@@ -150,6 +153,9 @@ def draw_city(
     lam = dgp.trend * (years - years[0]) + dgp.year_sd * rng.standard_normal(t_n)
     u = _ar1(rng, (n, t_n), dgp.rho, dgp.sigma / np.sqrt(1 - dgp.rho**2))
     y0 = alpha[:, None] + lam[None, :] + dgp.beta_pgdp * lnpgdp + u
+    if dgp.trend_gap:
+        rel = years[None, :] - np.where(cohort > 0, cohort, years[0])[:, None] + 1
+        y0 = y0 + dgp.trend_gap * np.where(cohort[:, None] > 0, rel, 0.0)
 
     t_grid = np.broadcast_to(years[None, :], (n, t_n))
     c_grid = np.broadcast_to(cohort[:, None], (n, t_n))

@@ -94,7 +94,7 @@ def test_single_run_writes_outputs(tmp_path):
     assert head["pretrend_p"].notna().sum() == 2
 
 
-SINGLE_PANEL = {"placebo", "estimate", "spec_curve", "calibrate"}
+SINGLE_PANEL = {"placebo", "estimate", "spec_curve", "calibrate", "sensitivity"}
 MONTE_CARLO = [e for e in options("experiment") if e not in SINGLE_PANEL]
 
 

@@ -1,0 +1,349 @@
+"""Sensitivity to parallel-trend violations (Rambachan and Roth 2023; Roth 2022).
+
+Works on any result with event-time terms and their covariance (``Estimate.event_cov``):
+the TWFE event study, Sun-Abraham, Callaway-Sant'Anna (dynamic) and imputation.
+
+Implemented procedures (stated, since Rambachan and Roth offer several):
+
+* **Smoothness, Delta^SD(M)**: second differences of the trend violation bounded by M, with
+  the violation normalised to zero at the reference period. The *fixed-length confidence
+  interval* (FLCI; Armstrong and Kolesar's optimal affine interval, the procedure Rambachan
+  and Roth recommend for Delta^SD): an affine estimator ``l'b_post + v'b_pre`` whose
+  worst-case bias over Delta^SD(M) has the closed form ``M ||G'w||_1`` (``G`` maps second
+  differences to the violation path), with half-length ``cv_alpha(bias/sd) * sd``
+  minimised over ``v``.
+* **Relative magnitudes, Delta^RM(Mbar)**: every post-period first difference of the
+  violation at most Mbar times the largest pre-period first difference. Implemented as a
+  conservative Bonferroni interval (NOT Rambachan and Roth's conditional/hybrid ARP test):
+  an upper confidence bound at level ``alpha_pre`` for the largest pre-period difference,
+  and a ``1 - (alpha - alpha_pre)`` interval for the post-period target widened by the
+  worst-case bias that bound implies. Valid, wider than ARP's.
+* **Pre-trend power** (Roth 2022): power of the joint pre-test against a linear violation
+  of a given slope, the slopes detected with 50% / 80% power, and the bias of the
+  post-period estimate conditional on passing the pre-test, by simulation from the
+  estimated covariance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, special, stats
+
+from .panel import EstimationError, OptionError, check_choice
+from .result import Estimate
+
+RESTRICTIONS = ("smoothness", "relative_magnitudes")
+
+
+@dataclass(frozen=True)
+class EventInputs:
+    """Event-time coefficients of a result: pre (< 0, without the reference) then post."""
+
+    beta: np.ndarray
+    sigma: np.ndarray
+    times: np.ndarray
+    n_pre: int
+    n_post: int
+    ref: int = -1
+
+
+def event_inputs(est: Estimate, ref: int = -1) -> EventInputs:
+    """Pull the event-time estimates and covariance out of an :class:`Estimate`."""
+    if est.event_cov is None or "event_time" not in est.terms:
+        raise EstimationError(f"{est.estimator} has no event-time terms with a covariance; "
+                              "use an event study, Sun-Abraham, Callaway-Sant'Anna or imputation")
+    t = est.terms.dropna(subset=["event_time"])
+    by_time = {int(e): float(b) for e, b in zip(t["event_time"], t["estimate"])}
+    names = list(est.event_cov.index)
+    times = np.array([int(n[2:]) for n in names])
+    keep = times != ref
+    times = times[keep]
+    order = np.argsort(times)
+    times = times[order]
+    idx = np.flatnonzero(keep)[order]
+    beta = np.array([by_time[int(e)] for e in times])
+    sigma = est.event_cov.to_numpy()[np.ix_(idx, idx)]
+    n_pre = int((times < 0).sum())
+    n_post = int((times >= 0).sum())
+    if n_post == 0:
+        raise EstimationError("no post-treatment event time")
+    expected = list(range(times.min(), ref)) + list(range(0, times.max() + 1))
+    if list(times) != expected:
+        raise EstimationError(f"event times {list(times)} must be consecutive around ref={ref}")
+    return EventInputs(beta, sigma, times, n_pre, n_post, ref)
+
+
+def target_weights(inputs: EventInputs, target: str | int = "average") -> np.ndarray:
+    """``l`` over the post periods: the average (default) or one event time."""
+    if target == "average":
+        return np.full(inputs.n_post, 1.0 / inputs.n_post)
+    e = int(target)
+    if not 0 <= e < inputs.n_post:
+        raise OptionError(f"target={target!r} must be 'average' or a post event time 0..{inputs.n_post - 1}")
+    l = np.zeros(inputs.n_post)
+    l[e] = 1.0
+    return l
+
+
+def _path_matrix(n_pre: int, n_post: int) -> tuple[np.ndarray, np.ndarray]:
+    """Violation path over pre and post periods (reference excluded) as
+    ``slope * (t + 1) + G u`` where ``u`` are the second differences centred on every
+    interior point of the full grid (reference included)."""
+    n = n_pre + 1 + n_post                     # full grid with the reference period
+    r = n_pre                                  # position of the reference (t = -1)
+    times = np.arange(-n_pre - 1, n_post)
+    n_u = n - 2
+    G = np.zeros((n, n_u))
+    for j in range(n_u):
+        u = np.zeros(n_u)
+        u[j] = 1.0
+        d = np.zeros(n)
+        for p in range(r + 2, n):              # forward: d_p = 2 d_{p-1} - d_{p-2} + u_{p-1}
+            d[p] = 2 * d[p - 1] - d[p - 2] + u[p - 2]
+        for p in range(r - 1, -1, -1):         # backward: d_p = 2 d_{p+1} - d_{p+2} + u_{p+1}
+            d[p] = 2 * d[p + 1] - d[p + 2] + u[p]
+        G[:, j] = d
+    keep = np.arange(n) != r
+    return G[keep], (times + 1)[keep].astype(float)
+
+
+def _folded_cv(t: float, alpha: float) -> float:
+    """c with P(|N(t, 1)| <= c) = 1 - alpha."""
+    t = abs(t)
+    f = lambda c: special.ndtr(c - t) - special.ndtr(-c - t) - (1 - alpha)  # noqa: E731
+    return float(optimize.brentq(f, 0.0, t + 10.0))
+
+
+@dataclass(frozen=True)
+class HonestInterval:
+    restriction: str
+    m: float
+    lower: float
+    upper: float
+    method: str
+
+
+def flci_smoothness(inputs: EventInputs, m: float, l: np.ndarray, alpha: float = 0.05) -> HonestInterval:
+    """Optimal fixed-length interval for ``l' tau_post`` under Delta^SD(m)."""
+    if m < 0:
+        raise OptionError(f"M={m} must be >= 0")
+    G, trend = _path_matrix(inputs.n_pre, inputs.n_post)
+    n_pre = inputs.n_pre
+    if n_pre == 0:
+        raise EstimationError("smoothness bounds need at least one pre-period coefficient")
+    sigma = inputs.sigma
+    beta = inputs.beta
+    # w = (v_pre, l): unbiased for tau needs nothing more; bounded bias needs w'trend = 0
+    trend_pre, trend_post = trend[:n_pre], trend[n_pre:]
+    rhs = -float(l @ trend_post)
+    # v_pre = v0 + N z spans {v: v'trend_pre = rhs}
+    v0 = trend_pre * rhs / float(trend_pre @ trend_pre)
+    null = np.linalg.svd(trend_pre[None, :])[2][1:].T if n_pre > 1 else np.zeros((1, 0))
+
+    def weights(z: np.ndarray) -> np.ndarray:
+        return np.r_[v0 + (null @ z if null.size else 0.0), l]
+
+    def half_length(z: np.ndarray) -> float:
+        w = weights(z)
+        sd = float(np.sqrt(w @ sigma @ w))
+        bias = m * float(np.abs(G.T @ w).sum())
+        return _folded_cv(bias / sd, alpha) * sd if sd > 0 else np.inf
+
+    def min_sd_given_bias(h: float, z0: np.ndarray) -> np.ndarray:
+        """min sd(w) s.t. worst-case bias <= h (convex: slack variables for the L1 norm)."""
+        k = null.shape[1]
+        n_u = G.shape[1]
+        base = G.T @ np.r_[v0, l]
+        GN = G[:n_pre].T @ null                      # how z moves G'w
+
+        def sd2(x: np.ndarray) -> float:
+            w = weights(x[:k])
+            return float(w @ sigma @ w)
+
+        def grad(x: np.ndarray) -> np.ndarray:
+            w = weights(x[:k])
+            g = np.zeros_like(x)
+            g[:k] = 2 * null.T @ (sigma @ w)[:n_pre]
+            return g
+
+        cons = [
+            {"type": "ineq", "fun": lambda x: x[k:] - (base + GN @ x[:k]),
+             "jac": lambda x: np.hstack([-GN, np.eye(n_u)])},
+            {"type": "ineq", "fun": lambda x: x[k:] + (base + GN @ x[:k]),
+             "jac": lambda x: np.hstack([GN, np.eye(n_u)])},
+            {"type": "ineq", "fun": lambda x: np.array([h - m * x[k:].sum()]),
+             "jac": lambda x: np.r_[np.zeros(k), -m * np.ones(n_u)][None, :]},
+        ]
+        x0 = np.r_[z0, np.abs(base + GN @ z0) + 1e-9]
+        res = optimize.minimize(sd2, x0, jac=grad, constraints=cons, method="SLSQP",
+                                options={"maxiter": 500, "ftol": 1e-14})
+        return res.x[:k]
+
+    best = None
+    if null.size:
+        starts = [np.zeros(null.shape[1])]
+        # also start from the variance-minimising weights (the M = infinity-free direction)
+        a = null.T @ sigma[:n_pre, :n_pre] @ null
+        bvec = null.T @ (sigma[:n_pre, :n_pre] @ v0 + sigma[:n_pre, n_pre:] @ l)
+        try:
+            starts.append(-np.linalg.solve(a, bvec))
+        except np.linalg.LinAlgError:
+            pass
+        candidates = []
+        for z0 in starts:
+            res = optimize.minimize(half_length, z0, method="Nelder-Mead",
+                                    options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 4000})
+            candidates.append(res.x)
+        if m > 0:
+            # Armstrong-Kolesar: the optimum minimises sd for some bias bound h; search h
+            z_var = starts[-1]
+            h_max = m * float(np.abs(G.T @ weights(z_var)).sum())
+            cache: dict[float, np.ndarray] = {}
+
+            def outer(h: float) -> float:
+                z_h = min_sd_given_bias(h, z_var)
+                cache[h] = z_h
+                return half_length(z_h)
+
+            if h_max > 0:
+                r = optimize.minimize_scalar(outer, bounds=(0.0, h_max), method="bounded",
+                                             options={"xatol": 1e-6 * h_max})
+                candidates.append(cache.get(r.x, min_sd_given_bias(r.x, z_var)))
+        z = min(candidates, key=half_length)
+    else:
+        z = np.zeros(0)
+    w = weights(z)
+    center = float(w @ beta)
+    h = half_length(z)
+    return HonestInterval("smoothness", m, center - h, center + h, "FLCI")
+
+
+def bonferroni_relative_magnitudes(inputs: EventInputs, mbar: float, l: np.ndarray,
+                                   alpha: float = 0.05, alpha_pre: float | None = None) -> HonestInterval:
+    """Conservative interval for ``l' tau_post`` under Delta^RM(mbar) (see module doc)."""
+    if mbar < 0:
+        raise OptionError(f"Mbar={mbar} must be >= 0")
+    n_pre, n_post = inputs.n_pre, inputs.n_post
+    beta, sigma = inputs.beta, inputs.sigma
+    post = beta[n_pre:]
+    sd_post = float(np.sqrt(l @ sigma[n_pre:, n_pre:] @ l))
+    center = float(l @ post)
+    if mbar == 0:
+        z = special.ndtri(1 - alpha / 2)
+        return HonestInterval("relative_magnitudes", 0.0, center - z * sd_post, center + z * sd_post,
+                              "conventional (Mbar = 0)")
+    if n_pre == 0:
+        raise EstimationError("relative-magnitude bounds need pre-period coefficients")
+    a_pre = alpha / 2 if alpha_pre is None else alpha_pre
+    # first differences of the pre-period path, the reference (0) included
+    full_pre = np.r_[beta[:n_pre], 0.0]
+    D = np.zeros((n_pre, n_pre))
+    for k in range(n_pre):
+        D[k, k] = -1.0
+        if k + 1 < n_pre:
+            D[k, k + 1] = 1.0
+    diffs = np.diff(full_pre)
+    cov_d = D @ sigma[:n_pre, :n_pre] @ D.T
+    zb = special.ndtri(1 - a_pre / (2 * n_pre))  # Bonferroni over the pre differences
+    bound = float(np.max(np.abs(diffs) + zb * np.sqrt(np.diag(cov_d))))
+    # worst-case |l' delta_post| when every post first difference is at most mbar * bound
+    # and delta_{-1} = 0: delta_t = sum_{j<=t} step_j, |step_j| <= mbar * bound
+    weights_steps = np.array([l[k:].sum() for k in range(n_post)])
+    bias = mbar * bound * float(np.abs(weights_steps).sum())
+    z = special.ndtri(1 - (alpha - a_pre) / 2)
+    return HonestInterval("relative_magnitudes", mbar, center - bias - z * sd_post,
+                          center + bias + z * sd_post, "Bonferroni (conservative)")
+
+
+def honest_intervals(est: Estimate, restriction: str = "smoothness",
+                     grid: Sequence[float] | None = None, target: str | int = "average",
+                     alpha: float = 0.05) -> pd.DataFrame:
+    """Honest confidence sets across a grid of M (smoothness) or Mbar (relative magnitudes),
+    with the conventional interval as the first row."""
+    check_choice("restriction", restriction, RESTRICTIONS)
+    inputs = event_inputs(est)
+    l = target_weights(inputs, target)
+    if grid is None:
+        sd = float(np.sqrt(np.diag(inputs.sigma)).mean())
+        grid = (np.linspace(0, 0.5 * sd, 6) if restriction == "smoothness" else np.linspace(0, 2, 9))
+    center = float(l @ inputs.beta[inputs.n_pre:])
+    sd_post = float(np.sqrt(l @ inputs.sigma[inputs.n_pre:, inputs.n_pre:] @ l))
+    z = special.ndtri(1 - alpha / 2)
+    rows = [{"restriction": "none (parallel trends)", "M": np.nan, "lower": center - z * sd_post,
+             "upper": center + z * sd_post, "method": "conventional"}]
+    for m in grid:
+        iv = (flci_smoothness(inputs, float(m), l, alpha) if restriction == "smoothness"
+              else bonferroni_relative_magnitudes(inputs, float(m), l, alpha))
+        rows.append({"restriction": restriction, "M": float(m), "lower": iv.lower,
+                     "upper": iv.upper, "method": iv.method})
+    out = pd.DataFrame(rows)
+    out["includes_zero"] = (out["lower"] <= 0) & (out["upper"] >= 0)
+    return out
+
+
+def breakdown(est: Estimate, restriction: str = "smoothness", target: str | int = "average",
+              alpha: float = 0.05, upper: float | None = None) -> float:
+    """Smallest M (or Mbar) at which the honest set includes zero (bisection); ``inf`` when
+    it never does below ``upper``, 0 when the conventional interval already does."""
+    check_choice("restriction", restriction, RESTRICTIONS)
+    inputs = event_inputs(est)
+    l = target_weights(inputs, target)
+    fn = flci_smoothness if restriction == "smoothness" else bonferroni_relative_magnitudes
+
+    def has_zero(m: float) -> bool:
+        iv = fn(inputs, m, l, alpha)
+        return iv.lower <= 0 <= iv.upper
+
+    if has_zero(0.0):
+        return 0.0
+    hi = upper if upper is not None else (10 * float(np.sqrt(np.diag(inputs.sigma)).max())
+                                          if restriction == "smoothness" else 20.0)
+    if not has_zero(hi):
+        return float("inf")
+    lo = 0.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if has_zero(mid) else (mid, hi)
+    return hi
+
+
+# --- pre-trend power (Roth 2022) ------------------------------------------------------------
+
+def pretest_power(est: Estimate, slope: float, alpha: float = 0.05, n_sim: int = 20_000,
+                  rng: np.random.Generator | None = None, target: str | int = "average"
+                  ) -> dict[str, float]:
+    """Power of the joint pre-test (Wald, chi2) against a linear violation
+    ``delta_t = slope * (t + 1)``, and the bias of the post-period target among draws that
+    pass it, by simulation from N(delta, Sigma)."""
+    inputs = event_inputs(est)
+    if inputs.n_pre == 0:
+        raise EstimationError("pre-trend power needs pre-period coefficients")
+    rng = rng or np.random.default_rng(0)
+    l = target_weights(inputs, target)
+    delta = slope * (inputs.times + 1).astype(float)
+    draws = rng.multivariate_normal(delta, inputs.sigma, size=n_sim, method="cholesky")
+    pre = draws[:, :inputs.n_pre]
+    inv = np.linalg.inv(inputs.sigma[:inputs.n_pre, :inputs.n_pre])
+    wald = np.einsum("ij,jk,ik->i", pre, inv, pre)
+    passes = wald <= stats.chi2.ppf(1 - alpha, inputs.n_pre)
+    post = draws[:, inputs.n_pre:] @ l
+    true_bias = float(delta[inputs.n_pre:] @ l)
+    return {"slope": slope, "power": float(1 - passes.mean()),
+            "bias_unconditional": true_bias,
+            "bias_given_pass": float(post[passes].mean()) if passes.any() else float("nan")}
+
+
+def detectable_slope(est: Estimate, power: float = 0.8, alpha: float = 0.05) -> float:
+    """Slope of a linear violation the pre-test detects with the given power (exact: the
+    Wald statistic is noncentral chi2 with noncentrality ``slope^2 t' Sigma^-1 t``)."""
+    inputs = event_inputs(est)
+    t = (inputs.times[:inputs.n_pre] + 1).astype(float)
+    a = float(t @ np.linalg.solve(inputs.sigma[:inputs.n_pre, :inputs.n_pre], t))
+    crit = stats.chi2.ppf(1 - alpha, inputs.n_pre)
+    f = lambda lam: stats.ncx2.sf(crit, inputs.n_pre, lam) - power  # noqa: E731
+    lam = optimize.brentq(f, 1e-10, 1e4)
+    return float(np.sqrt(lam / a))
