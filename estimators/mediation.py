@@ -39,6 +39,7 @@ from .fe import within_general
 from .panel import (COHORT, D, TIME, UNIT, DidlabError, EstimationError, OptionError,
                     PanelError, check_choice, check_panel)
 from .result import Estimate, critical_value, p_value
+from .resample import draw_units
 from .twfe import FEResult, check_inference_options, describe_inference, fit_fe
 
 EQUATIONS = ("separate", "joint")
@@ -292,23 +293,6 @@ def _coefficients_from_grams(grams: np.ndarray, n_med: int, k_ctrl: int, equatio
 
 
 # --- bootstrap kernels ------------------------------------------------------------------------
-
-def draw_units(unit_cohort: np.ndarray, n_boot: int, rng: np.random.Generator,
-               stratified: bool = False) -> np.ndarray:
-    """Unit indices of ``n_boot`` cluster-bootstrap samples, ``(n_boot, n_units)``.
-
-    Each row draws ``n_units`` units with replacement (``stratified``: within each cohort,
-    keeping the cohort sizes, so every draw has treated and control units). Slot ``j`` of a
-    row becomes unit ``j`` of the resampled panel: a unit drawn twice counts as two units.
-    """
-    n = unit_cohort.size
-    if not stratified:
-        return rng.integers(0, n, size=(n_boot, n))
-    out = np.empty((n_boot, n), dtype=np.int64)
-    for g in np.unique(unit_cohort):
-        idx = np.flatnonzero(unit_cohort == g)
-        out[:, idx] = idx[rng.integers(0, idx.size, size=(n_boot, idx.size))]
-    return out
 
 
 def unit_counts(draws: np.ndarray, n_units: int) -> np.ndarray:

@@ -38,6 +38,7 @@ from .fe import ols_fe
 from .panel import (COHORT, D, TIME, UNIT, EstimationError, OptionError, PanelError,
                     check_choice, check_panel)
 from .result import Estimate, critical_value, p_value, terms_frame
+from .resample import draw_units
 from .twfe import TWFE, check_inference_options
 
 LINKS = ("logit", "probit")
@@ -893,19 +894,6 @@ def did_coefficient(y: np.ndarray, d: np.ndarray, c: np.ndarray | None = None,
     return float(fit.coef[0])
 
 
-def _bootstrap_indices(groups: np.ndarray, n_boot: int, rng: np.random.Generator,
-                       stratify: bool) -> np.ndarray:
-    """``(n_boot, n)`` resampled unit positions, within groups when ``stratify``."""
-    n = groups.size
-    if not stratify:
-        return rng.integers(0, n, size=(n_boot, n))
-    out = np.empty((n_boot, n), dtype=np.intp)
-    for g in np.unique(groups):
-        idx = np.flatnonzero(groups == g)
-        out[:, idx] = idx[rng.integers(0, idx.size, size=(n_boot, idx.size))]
-    return out
-
-
 def _boot_summary(est: float, draws: np.ndarray, alpha: float, ci: str) -> tuple[float, float, float, float, int]:
     ok = draws[np.isfinite(draws)]
     n_failed = draws.size - ok.size
@@ -1187,7 +1175,7 @@ class PSMDID(MatchOptions):
             raise OptionError("the bootstrap needs a generator: rng=np.random.default_rng(...)")
         data, subj = _prepared if _prepared is not None else self._prepare(panel)
         treated_unit = data.unit_cohort > 0
-        draws_idx = _bootstrap_indices(treated_unit.astype(int), self.n_boot, rng, self.stratify)
+        draws_idx = draw_units(treated_unit.astype(int), self.n_boot, rng, self.stratify)
         if self.fast and subj.level == "unit" and data.balanced and subj.n_no_baseline == 0:
             return self._bootstrap_fast(data, subj, draws_idx, rng)
         columns = list(dict.fromkeys([UNIT, TIME, COHORT, D, self.outcome, *self.score_covariates(),
@@ -1564,7 +1552,7 @@ class DRDID:
             raise OptionError("the bootstrap needs a generator: rng=np.random.default_rng(...)")
         ua = _arrays if _arrays is not None else self._unit_arrays(panel)
         cohort, x, dy, cohorts, n_cells = ua["cohort"], ua["x"], ua["dy"], ua["cohorts"], ua["n_cells"]
-        draws_idx = _bootstrap_indices((cohort > 0).astype(int), self.n_boot, rng, self.stratify)
+        draws_idx = draw_units((cohort > 0).astype(int), self.n_boot, rng, self.stratify)
         # cohort weights follow the resampled units' treated cells
         cells_per_unit = np.zeros(cohort.size)
         data = ua["data"]

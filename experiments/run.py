@@ -258,32 +258,12 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
         print("\n" + reg["markdown"])
         sections.append("## Regression table\n\n" + reg["markdown"] + "\n")
         written.update(regression_table=out / "regression_table.md", results=out / "results.parquet")
-    elif kind == "sensitivity":
-        from .sensitivity_run import run_sensitivity
-
+    elif kind in SINGLE_PANEL_RUNNERS:
         _write_table(table, out / "results")
-        extra_w, extra_s = run_sensitivity(cfg, panel, out)
-        written.update(extra_w)
-        sections.extend(extra_s)
-    elif kind == "calibrate":
-        _write_table(table, out / "results")
-        extra, sections_cal = _run_calibrate(cfg, panel, out)
-        written.update(extra)
-        sections.extend(sections_cal)
-    elif kind == "spec_curve":
-        from .spec_curve import run_spec_curve
-
-        _write_table(table, out / "results")
-        curve, extra = run_spec_curve(cfg, panel, out)
-        written.update(curve)
-        sections.extend(extra)
-    elif kind == "placebo":
-        from .placebo_run import run_placebo
-
-        _write_table(table, out / "results")
-        placebo, extra = run_placebo(cfg, panel, out)
-        written.update(placebo)
-        sections.extend(extra)
+        runner = _single_panel_runner(kind)
+        extra_written, extra_sections = runner(cfg, panel, out)
+        written.update(extra_written)
+        sections.extend(extra_sections)
     else:
         backend = Backend(**OmegaConf.to_container(cfg.backend, resolve=True))
         backend.validate()
@@ -402,6 +382,23 @@ def _run_calibrate(cfg: DictConfig, panel: pd.DataFrame, out: Path) -> tuple[dic
         f"Use the calibration: `didlab experiment=robustness data=calibrated data.from={path}`\n",
     ]
     return {"calibration": path, "moments": moments, "placebo": diag, "dgp": dgp}, sections
+
+
+#: experiments that work on one panel: kind -> (module in experiments/, function); each
+#: function takes (cfg, panel, out) and returns (written, report sections)
+SINGLE_PANEL_RUNNERS = {
+    "placebo": ("placebo_run", "run_placebo"),
+    "spec_curve": ("spec_curve", "run_spec_curve"),
+    "sensitivity": ("sensitivity_run", "run_sensitivity"),
+    "calibrate": ("run", "_run_calibrate"),
+}
+
+
+def _single_panel_runner(kind: str) -> Any:
+    import importlib
+
+    module, name = SINGLE_PANEL_RUNNERS[kind]
+    return getattr(importlib.import_module(f".{module}", __package__), name)
 
 
 def _write_table(frame: pd.DataFrame, stem: Path) -> None:
