@@ -100,43 +100,42 @@ DIAGNOSANDS = (("bias", "bias"), ("coverage", "coverage of 95% CI"), ("rejection
 
 def diagnosand_figure(diag: pd.DataFrame, axis: str, path: Path, hue: str | None = None,
                       alpha: float = 0.05) -> Path:
-    """Bias, coverage and rejection rate against one swept axis, one column per estimator,
-    with +-2 Monte Carlo SE bars; nominal levels drawn as reference lines."""
+    """Bias, coverage and rejection rate (columns) against one swept axis, one row per
+    estimator, with +-2 Monte Carlo SE bars and nominal levels as reference lines. Each
+    diagnosand shares its y axis across estimators so that they compare at a glance."""
     sns.set_theme(style="whitegrid", context="notebook")
     est_labels = list(dict.fromkeys(diag["estimator"]))
-    fig, axes = plt.subplots(len(DIAGNOSANDS), len(est_labels),
-                             figsize=(3.6 * len(est_labels) + 1, 2.6 * len(DIAGNOSANDS)),
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(len(est_labels), len(DIAGNOSANDS),
+                             figsize=(4.2 * len(DIAGNOSANDS) + 1.2, 2.1 * len(est_labels) + 0.9),
+                             squeeze=False, sharex=True, sharey="col")
     levels = list(dict.fromkeys(diag[axis]))
     hues = list(dict.fromkeys(diag[hue])) if hue else [None]
     palette = sns.color_palette("deep", len(hues))
-    for j, label in enumerate(est_labels):
+    for i, label in enumerate(est_labels):
         sub = diag[diag["estimator"] == label]
-        for i, (col, name) in enumerate(DIAGNOSANDS):
+        for j, (col, name) in enumerate(DIAGNOSANDS):
             ax = axes[i, j]
             for h, colour in zip(hues, palette):
                 g = sub if h is None else sub[sub[hue] == h]
                 g = g.set_index(axis).reindex(levels)
-                x = np.arange(len(levels)) + (0 if h is None else 0.08 * (hues.index(h) - len(hues) / 2))
+                x = np.arange(len(levels)) + (0 if h is None else 0.08 * (hues.index(h) - (len(hues) - 1) / 2))
                 ax.errorbar(x, g[col], yerr=2 * g[f"{col}_mcse"], fmt="o-", color=colour,
                             capsize=3, ms=4, lw=1, label=None if h is None else str(h))
-            if col == "bias":
-                ax.axhline(0, color="black", lw=0.8)
-            elif col == "coverage":
-                ax.axhline(1 - alpha, color="black", lw=0.8, ls="--")
-            else:
-                ax.axhline(alpha, color="black", lw=0.8, ls="--")
+            ref = {"bias": 0.0, "coverage": 1 - alpha, "rejection": alpha}[col]
+            ax.axhline(ref, color="black", lw=0.8, ls="-" if col == "bias" else "--")
             ax.set_xticks(np.arange(len(levels)))
-            ax.set_xticklabels(levels, rotation=30, ha="right", fontsize=8)
+            ax.set_xticklabels(levels, rotation=20, ha="right", fontsize=8)
             if j == 0:
-                ax.set_ylabel(name)
+                ax.set_ylabel(label, fontsize=9)
             if i == 0:
-                ax.set_title(label, fontsize=10)
-            if i == len(DIAGNOSANDS) - 1:
+                ax.set_title(name, fontsize=10)
+            if i == len(est_labels) - 1:
                 ax.set_xlabel(axis)
     if hue:
-        axes[0, -1].legend(title=hue, fontsize=7, title_fontsize=8, loc="best")
-    fig.suptitle(f"Diagnosands against {axis} (bars: +-2 Monte Carlo SE)", fontsize=11)
+        axes[0, -1].legend(title=hue, fontsize=7, title_fontsize=8, loc="upper left",
+                           bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(f"Diagnosands against {axis} (rows: estimators; bars: +-2 Monte Carlo SE)",
+                 fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
 
