@@ -32,6 +32,9 @@ ESTIMATORS: dict[str, type] = {
 }
 EXACT = {"auto": "auto", "true": True, "false": False}
 DATA_KINDS = ("province", "city", "file", "calibrated")
+#: data-config keys that describe how the data is used, not the simulator's parameters
+CONFIG_ONLY_DATA_KEYS = ("kind", "from", "source", "outcomes", "controls", "score_covariates",
+                         "channels")
 SIMULATED = ("province", "city", "calibrated")
 
 
@@ -99,22 +102,10 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
     if kind not in SIMULATED:
         raise OptionError(f"data={kind} is a file, not a simulator: Monte Carlo experiments need "
                           "data=province or data=city (or a calibrated config)")
-    if kind == "calibrated":
-        from simulate.calibrated import CalibratedDGP
+    from simulate.calibrated import CalibratedDGP
 
-        dgp = _dataclass(CalibratedDGP, cfg.data, "data",
-                         drop=("kind", "from", "source", "outcomes", "controls", "score_covariates"))
-        assignment = _dataclass(Assignment, cfg.assignment, "assignment")
-        timing = _dataclass(Timing, cfg.timing, "timing")
-        effect = _dataclass(Effect, cfg.effect, "effect")
-        dgp.validate()
-        effect.validate()
-        timing.validate()
-        check_choice("assignment.kind", assignment.kind, ("actual", "random", "selected"))
-        return functools.partial(_draw_calibrated, dgp, assignment, timing, effect)
-    cls = ProvinceDGP if kind == "province" else CityDGP
-    dgp = _dataclass(cls, cfg.data, "data",
-                     drop=("kind", "outcomes", "controls", "score_covariates", "channels"))
+    dgp_cls = {"province": ProvinceDGP, "city": CityDGP, "calibrated": CalibratedDGP}[kind]
+    dgp = _dataclass(dgp_cls, cfg.data, "data", drop=CONFIG_ONLY_DATA_KEYS)
     assignment = _dataclass(Assignment, cfg.assignment, "assignment")
     timing = _dataclass(Timing, cfg.timing, "timing")
     effect = _dataclass(Effect, cfg.effect, "effect")
@@ -122,12 +113,13 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
     dgp.validate()
     effect.validate()
     timing.validate()
-    if kind == "city":
-        check_choice("assignment.kind", assignment.kind, ("actual", "random", "selected"))
-        return functools.partial(_draw_city, dgp, assignment, timing, effect)
-    assignment.validate(30)
-    if effect.het_cohort != 0:
+    if effect.het_cohort != 0 and kind != "city":
         raise OptionError("effect.het_cohort is used by the city panel (data=city) only")
+    if kind != "province":
+        check_choice("assignment.kind", assignment.kind, ("actual", "random", "selected"))
+        drawer = _draw_city if kind == "city" else _draw_calibrated
+        return functools.partial(drawer, dgp, assignment, timing, effect)
+    assignment.validate(30)
     from simulate.mediators import Channel, validate_channels
 
     channels = tuple(Channel(**dict(c)) for c in _plain(cfg.data.get("channels", [])))
