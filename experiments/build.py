@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from estimators.bacon import BaconDecomposition
 from estimators.callaway_santanna import CallawaySantAnna
 from estimators.event_study import EventStudy
+from estimators.heterogeneity import Heterogeneity
 from estimators.imputation import Imputation
 from estimators.placebo import RandomizationInference
 from estimators.mediation import Mediation
@@ -29,6 +30,7 @@ ESTIMATORS: dict[str, type] = {
     "callaway_santanna": CallawaySantAnna, "sun_abraham": SunAbraham,
     "imputation": Imputation, "bacon": BaconDecomposition, "psm_did": PSMDID,
     "psm_did_weighted": PSMDIDWeighted, "dr_did": DRDID, "mediation": Mediation,
+    "heterogeneity": Heterogeneity,
 }
 EXACT = {"auto": "auto", "true": True, "false": False}
 DATA_KINDS = ("province", "city", "file", "calibrated")

@@ -141,6 +141,8 @@ class FileSpec:
     treated_units: Sequence[Any] = ()   # or: these units ...
     treatment_year: int | None = None   # ... are treated from this year
     derive: Mapping[str, str] = field(default_factory=dict)
+    # composite indices by the entropy-weight method: name -> {indicator: +1 or -1}
+    indices: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     filter: str | None = None
     outcomes: Sequence[str] = ()
     controls: Sequence[str] = ()
@@ -235,6 +237,13 @@ def load_panel(spec: FileSpec) -> tuple[pd.DataFrame, list[str]]:
 
     for name, expr in dict(spec.derive).items():
         df[name] = derive(df, name, expr).to_numpy()
+    for name, directions in dict(spec.indices).items():
+        from simulate.index import entropy_weights
+
+        index, weights = entropy_weights(df, {k: int(v) for k, v in dict(directions).items()})
+        df[name] = index.to_numpy()
+        notes.append(f"index {name!r} (entropy weights): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in weights.items()))
     if spec.filter:
         try:
             kept = df.query(spec.filter)

@@ -123,6 +123,9 @@ def single_draw(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame, list, pd.D
         rows.extend(fit_one(est, panel, None, "single", 0, outcome, label))
         if type(est).__name__ == "BaconDecomposition" and not rows[-1]["error"]:
             bacon.append((outcome, label, est.fit(panel)))
+        if type(est).__name__ == "Heterogeneity" and not rows[-1]["error"]:
+            bacon.append(("heterogeneity", label, est.fit(panel).terms.assign(
+                outcome=outcome, estimator=label)))
         if hasattr(est, "match") and not rows[-1]["error"] and outcome == outcomes[0]:
             bacon.append(("psm", label, est.match(panel, rng=np.random.default_rng(0))))
         if rows[-1]["error"] or "event_time" not in _terms_columns(est):
@@ -232,6 +235,15 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
         written["event_study_figure"] = p
         sections.append("![event study](figures/event_study.png)\n")
     for outcome, label, fitted in bacon:
+        if outcome == "heterogeneity":
+            cols = ["outcome", "term", "estimate", "std_error", "p_value", "p_holm"]
+            sections.append(f"### Effects by subgroup ({label})\n\n"
+                            + report.markdown_table(fitted[cols]) + "\n")
+            if cfg.experiment.figures:
+                p = report.forest_figure(fitted, "term", figures / f"heterogeneity_{label}.png",
+                                         "Effects by subgroup (95% CIs)")
+                sections.append(f"![heterogeneity](figures/{p.name})\n")
+            continue
         if outcome == "psm":
             bal = fitted.balance[["covariate", "smd_before", "smd_after", "vr_before", "vr_after"]]
             sections.append(f"### Matching balance ({label})\n\n" + report.markdown_table(bal) + "\n")

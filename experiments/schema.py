@@ -68,6 +68,8 @@ class FileData:
     treated_units: List[str] = field(default_factory=list)  # or these units...
     treatment_year: Optional[int] = None                    # ...treated from this year
     derive: Dict[str, str] = field(default_factory=dict)    # new column -> expression
+    # composite indices by the entropy-weight method: name -> {indicator: 1 or -1}
+    indices: Dict[str, Dict[str, int]] = field(default_factory=dict)
     filter: Optional[str] = None        # pandas query applied after deriving
     outcomes: List[str] = field(default_factory=list)
     controls: List[str] = field(default_factory=list)
@@ -195,6 +197,20 @@ class MediationConf:
 
 
 @dataclass
+class HeterogeneityConf:
+    """Effects by a unit-level attribute with a test of equality (seed 001)."""
+
+    kind: str = "heterogeneity"
+    by: str = "developed"          # city panel: developed | resource | old_industrial
+    controls: List[str] = field(default_factory=list)
+    cluster: Optional[str] = "unit"
+    se: str = "cluster"
+    ssc: str = "stata"
+    dist: str = "t"
+    alpha: float = 0.05
+
+
+@dataclass
 class BaconConf:
     kind: str = "bacon"
 
@@ -314,6 +330,7 @@ ESTIMATOR_SCHEMAS: dict[str, type] = {
     "callaway_santanna": CallawaySantAnnaConf, "sun_abraham": SunAbrahamConf,
     "imputation": ImputationConf, "bacon": BaconConf, "psm_did": PSMConf,
     "psm_did_weighted": PSMConf, "dr_did": DRDIDConf, "mediation": MediationConf,
+    "heterogeneity": HeterogeneityConf,
 }
 
 

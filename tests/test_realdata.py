@@ -208,3 +208,17 @@ def test_lagged_control_needs_drop_missing(tmp_path):
         load_panel(FileSpec(**spec))
     panel, notes = load_panel(FileSpec(**spec, drop_missing=True))
     assert len(panel) == 570 - 60 and any("dropped 60 row" in n for n in notes)
+
+
+def test_entropy_index_as_an_outcome(tmp_path):
+    from simulate.index import entropy_weights
+
+    path = write(tmp_path, example())
+    spec = FileSpec(path=str(path), unit="province", time="year", treated_units=("Beijing", "Shanghai"),
+                    treatment_year=2011, indices={"quality": {"tech": 1, "fdi": 1, "es": -1}},
+                    outcomes=("quality",))
+    panel, notes = load_panel(spec)
+    ref, w = entropy_weights(example(), {"tech": 1, "fdi": 1, "es": -1})
+    np.testing.assert_allclose(panel["quality"].to_numpy(), ref.to_numpy(), rtol=1e-12)
+    assert any("entropy weights" in n for n in notes)
+    assert TWFE("quality").fit(panel).n_obs == 570
