@@ -16,6 +16,7 @@ from estimators.heterogeneity import Heterogeneity
 from estimators.imputation import Imputation
 from estimators.placebo import RandomizationInference
 from estimators.mediation import Mediation
+from estimators.oaxaca import OaxacaBlinder
 from estimators.psm import DRDID, PSMDID, PSMDIDWeighted
 from estimators.sun_abraham import SunAbraham
 from estimators.panel import OptionError, check_choice
@@ -30,7 +31,7 @@ ESTIMATORS: dict[str, type] = {
     "callaway_santanna": CallawaySantAnna, "sun_abraham": SunAbraham,
     "imputation": Imputation, "bacon": BaconDecomposition, "psm_did": PSMDID,
     "psm_did_weighted": PSMDIDWeighted, "dr_did": DRDID, "mediation": Mediation,
-    "heterogeneity": Heterogeneity,
+    "heterogeneity": Heterogeneity, "oaxaca": OaxacaBlinder,
 }
 EXACT = {"auto": "auto", "true": True, "false": False}
 DATA_KINDS = ("province", "city", "file", "calibrated")

@@ -211,6 +211,19 @@ class HeterogeneityConf:
 
 
 @dataclass
+class OaxacaConf:
+    """Oaxaca-Blinder decomposition of the pilot / non-pilot gap (seed 000)."""
+
+    kind: str = "oaxaca"
+    covariates: List[str] = field(default_factory=list)
+    group: Optional[str] = None        # a 0/1 column; default: pilots (cohort > 0)
+    reference: str = "pooled"          # A | B | pooled | neumark | cotton | reimers
+    sample: Optional[str] = None       # pandas query, e.g. "time >= 2012"
+    n_boot: int = 499
+    alpha: float = 0.05
+
+
+@dataclass
 class BaconConf:
     kind: str = "bacon"
 
@@ -330,7 +343,7 @@ ESTIMATOR_SCHEMAS: dict[str, type] = {
     "callaway_santanna": CallawaySantAnnaConf, "sun_abraham": SunAbrahamConf,
     "imputation": ImputationConf, "bacon": BaconConf, "psm_did": PSMConf,
     "psm_did_weighted": PSMConf, "dr_did": DRDIDConf, "mediation": MediationConf,
-    "heterogeneity": HeterogeneityConf,
+    "heterogeneity": HeterogeneityConf, "oaxaca": OaxacaConf,
 }
 
 
