@@ -18,6 +18,7 @@ from estimators.placebo import RandomizationInference
 from estimators.mediation import Mediation
 from estimators.oaxaca import OaxacaBlinder
 from estimators.psm import DRDID, PSMDID, PSMDIDWeighted
+from estimators.quantile import ChangesInChanges, QuantileDID
 from estimators.sun_abraham import SunAbraham
 from estimators.panel import OptionError, check_choice
 from estimators.twfe import TWFE
@@ -32,6 +33,7 @@ ESTIMATORS: dict[str, type] = {
     "imputation": Imputation, "bacon": BaconDecomposition, "psm_did": PSMDID,
     "psm_did_weighted": PSMDIDWeighted, "dr_did": DRDID, "mediation": Mediation,
     "heterogeneity": Heterogeneity, "oaxaca": OaxacaBlinder,
+    "quantile_did": QuantileDID, "changes_in_changes": ChangesInChanges,
 }
 EXACT = {"auto": "auto", "true": True, "false": False}
 DATA_KINDS = ("province", "city", "file", "calibrated")
@@ -61,7 +63,7 @@ def build_estimator(label: str, spec: Mapping[str, Any], outcome: str) -> Any:
     kind = spec.pop("kind", None)
     check_choice(f"estimator.{label}.kind", kind, tuple(ESTIMATORS))
     cls = ESTIMATORS[kind]
-    for key in ("controls", "covariates", "mediators", "lags"):
+    for key in ("controls", "covariates", "mediators", "lags", "quantiles"):
         if isinstance(spec.get(key), list):  # (event_study's lags is a number)
             spec[key] = tuple(spec[key])
     if isinstance(spec.get("baseline"), str) and spec["baseline"].isdigit():

@@ -384,3 +384,30 @@ def sensitivity_figure(table: pd.DataFrame, path: Path) -> Path:
             ax.set_title(f"{label} on {outcome}: {restriction.replace('_', ' ')}", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def quantile_figure(table: pd.DataFrame, path: Path) -> Path:
+    """Effects across quantiles with 95% bands (bootstrap), one colour per estimator, the
+    true quantile effects on the treated where the draw has them."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    outcomes = list(dict.fromkeys(table["outcome"]))
+    fig, axes = plt.subplots(1, len(outcomes), figsize=(6 * len(outcomes), 3.8), squeeze=False)
+    palette = sns.color_palette("deep")
+    for ax, outcome in zip(axes[0], outcomes):
+        sub = table[table["outcome"] == outcome]
+        truth_drawn = False
+        for i, (label, g) in enumerate(sub.groupby("estimator", sort=False)):
+            q = g["quantile"].to_numpy()
+            ax.plot(q, g["estimate"], "o-", color=palette[i], label=label)
+            if np.isfinite(g["std_error"]).any():
+                ax.fill_between(q, g["conf_low"], g["conf_high"], color=palette[i], alpha=0.2)
+            if not truth_drawn and "truth" in g and np.isfinite(g["truth"]).any():
+                ax.plot(q, g["truth"], "--", color="black", lw=1.2, label="true QTT")
+                truth_drawn = True
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("quantile")
+        ax.set_ylabel(f"effect on {outcome}")
+        ax.legend(fontsize=8)
+    fig.suptitle("Effects across the outcome distribution (bands: 95%, unit bootstrap)", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -16,7 +16,8 @@ from estimators.panel import OptionError, check_choice
 
 from . import report
 from .build import build_draw, build_estimators, load_or_draw, resolve_calibrated
-from .montecarlo import (Backend, Design, design_key, diagnose, fit_one, replicate_seed,
+from .montecarlo import (Backend, Design, _accepts_rng, design_key, diagnose, estimator_seed,
+                         fit_one, replicate_seed,
                          run_designs)
 
 EXPERIMENT_KINDS = ("single", "montecarlo", "placebo", "estimate", "spec_curve", "calibrate",
@@ -120,9 +121,18 @@ def single_draw(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame, list, pd.D
     rows, ev = [], []
     bacon = []
     for (outcome, label), est in estimators.items():
-        rows.extend(fit_one(est, panel, None, "single", 0, outcome, label))
+        rng = (np.random.default_rng(estimator_seed(int(cfg.seed), 0, label))
+               if _accepts_rng(est) else None)
+        rows.extend(fit_one(est, panel, rng, "single", 0, outcome, label))
         if type(est).__name__ == "BaconDecomposition" and not rows[-1]["error"]:
             bacon.append((outcome, label, est.fit(panel)))
+        if type(est).__name__ in ("QuantileDID", "ChangesInChanges") and not rows[-1]["error"]:
+            fitted = est.fit(panel, rng=np.random.default_rng(0))
+            t = fitted.terms.assign(outcome=outcome, estimator=label)
+            if hasattr(est, "estimand") and f"y0_{outcome}" in panel:
+                truth = est.estimand(panel)
+                t["truth"] = [truth.get(n, np.nan) for n in t["term"]]
+            bacon.append(("quantile", label, t))
         if type(est).__name__ == "Heterogeneity" and not rows[-1]["error"]:
             bacon.append(("heterogeneity", label, est.fit(panel).terms.assign(
                 outcome=outcome, estimator=label)))
@@ -234,7 +244,19 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
                                       f"Event-time effects, one draw (seed {cfg.seed}), with the true path")
         written["event_study_figure"] = p
         sections.append("![event study](figures/event_study.png)\n")
+    quantile_tables = [f for kind_, _, f in bacon if kind_ == "quantile"]
+    if quantile_tables:
+        qt = pd.concat(quantile_tables, ignore_index=True)
+        cols = [c for c in ("outcome", "estimator", "quantile", "estimate", "std_error", "truth") if c in qt]
+        sections.append("### Effects across quantiles\n\nQuantile DID answers a conditional "
+                        "question (quantiles of y given unit and year); changes-in-changes gives "
+                        "quantile effects on the treated.\n\n" + report.markdown_table(qt[cols]) + "\n")
+        if cfg.experiment.figures:
+            p = report.quantile_figure(qt, figures / "quantile_effects.png")
+            sections.append(f"![quantiles](figures/{p.name})\n")
     for outcome, label, fitted in bacon:
+        if outcome == "quantile":
+            continue
         if outcome == "heterogeneity":
             cols = ["outcome", "term", "estimate", "std_error", "p_value", "p_holm"]
             sections.append(f"### Effects by subgroup ({label})\n\n"

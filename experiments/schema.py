@@ -224,6 +224,22 @@ class OaxacaConf:
 
 
 @dataclass
+class QuantileConf:
+    """Quantile DID (conditional, kind=quantile_did) or changes-in-changes
+    (kind=changes_in_changes, quantile effects on the treated)."""
+
+    kind: str = "quantile_did"
+    quantiles: List[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])
+    n_boot: int = 99
+    alpha: float = 0.05
+
+
+@dataclass
+class QuantileDIDConf(QuantileConf):
+    controls: List[str] = field(default_factory=list)
+
+
+@dataclass
 class BaconConf:
     kind: str = "bacon"
 
@@ -344,6 +360,7 @@ ESTIMATOR_SCHEMAS: dict[str, type] = {
     "imputation": ImputationConf, "bacon": BaconConf, "psm_did": PSMConf,
     "psm_did_weighted": PSMConf, "dr_did": DRDIDConf, "mediation": MediationConf,
     "heterogeneity": HeterogeneityConf, "oaxaca": OaxacaConf,
+    "quantile_did": QuantileDIDConf, "changes_in_changes": QuantileConf,
 }
 
 

@@ -35,7 +35,7 @@ def fit(est, panel):
 
 
 #: estimators that need a column the fixtures lack (contract checked in their own tests)
-OWN_FIXTURE = {"heterogeneity"}
+OWN_FIXTURE = {"heterogeneity", "quantile_did", "changes_in_changes"}
 
 
 @pytest.mark.parametrize("kind", sorted(set(ESTIMATORS) - OWN_FIXTURE))
