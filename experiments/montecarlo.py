@@ -320,13 +320,22 @@ def diagnose(results: pd.DataFrame, by: Sequence[str] = ("cell", "outcome", "est
                             if n > 1 and mse > 0 else np.nan)
         rec["se_sd_ratio"] = se.mean() / sd if n > 1 and sd > 0 else np.nan
         rec["se_sd_ratio_mcse"] = _mcse_ratio(se, sd, n)
-        cover = (g["conf_low"].to_numpy(float) <= truth) & (truth <= g["conf_high"].to_numpy(float))
-        rec["coverage"] = cover.mean()
-        rec["coverage_mcse"] = np.sqrt(rec["coverage"] * (1 - rec["coverage"]) / n)
-        reject = g["p_value"].to_numpy(float) < g["alpha"].to_numpy(float)
-        rec["rejection"] = reject.mean()
-        rec["rejection_mcse"] = np.sqrt(rec["rejection"] * (1 - rec["rejection"]) / n)
-        rec["rejection_is"] = "size" if np.all(truth == 0) else "power"
+        lo, hi = g["conf_low"].to_numpy(float), g["conf_high"].to_numpy(float)
+        # draws without a truth (real data, descriptive terms) or without an interval (no
+        # SEs) say nothing about coverage or rejection: NaN, not 0
+        has_ci = np.isfinite(truth) & np.isfinite(lo) & np.isfinite(hi)
+        cover = (lo <= truth) & (truth <= hi)
+        k_ci = int(has_ci.sum())
+        rec["coverage"] = cover[has_ci].mean() if k_ci else np.nan
+        rec["coverage_mcse"] = np.sqrt(rec["coverage"] * (1 - rec["coverage"]) / k_ci) if k_ci else np.nan
+        pv = g["p_value"].to_numpy(float)
+        has_p = np.isfinite(pv)
+        reject = pv < g["alpha"].to_numpy(float)
+        k_p = int(has_p.sum())
+        rec["rejection"] = reject[has_p].mean() if k_p else np.nan
+        rec["rejection_mcse"] = np.sqrt(rec["rejection"] * (1 - rec["rejection"]) / k_p) if k_p else np.nan
+        rec["rejection_is"] = ("unknown" if not np.isfinite(truth).any()
+                               else "size" if np.all(truth[np.isfinite(truth)] == 0) else "power")
         width = (g["conf_high"] - g["conf_low"]).to_numpy(float)
         rec["ci_width"] = width.mean()
         rec["ci_width_mcse"] = width.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan

@@ -63,6 +63,13 @@ class CityDGP:
     # treated cities' untreated outcome trends by this much per year relative to the others
     # (measured from the reference year before their cohort); breaks parallel trends
     trend_gap: float = 0.0
+    # seed 001's channels: the policy raises green innovation and structural transformation
+    # (log indices), which raise the outcome; extra columns, drawn only when on
+    mediators: bool = False
+    a_green: float = 0.15           # effect of the policy on green innovation
+    b_green: float = 0.4            # effect of green innovation on the outcome
+    a_structure: float = 0.08       # effect of the policy on structural transformation
+    b_structure: float = 0.5        # effect of structural transformation on the outcome
     # national market from 2021: every city, treated or not, gets this effect from 2021 on;
     # contaminates the never-treated comparison group
     national_2021: float = 0.0
@@ -167,6 +174,19 @@ def draw_city(
              + effect.het_sd * rng.standard_normal(n))
     te = np.where(k >= 0, effect.path(k) + shift[:, None], 0.0)
     national = np.where(t_grid >= 2021, dgp.national_2021, 0.0)
+    extra: dict[str, np.ndarray] = {}
+    if dgp.mediators:
+        # channels: M = M0 + a 1[treated]; Y gains b M0 (untreated) and b a (indirect)
+        direct = te
+        for name, a_m, b_m in (("green", dgp.a_green, dgp.b_green),
+                               ("structure", dgp.a_structure, dgp.b_structure)):
+            m0 = (0.4 * rng.standard_normal(n))[:, None] + 0.02 * tau + _ar1(rng, (n, t_n), 0.6, 0.05)
+            te_m = np.where(k >= 0, a_m, 0.0)
+            y0 = y0 + b_m * m0
+            te = te + b_m * te_m
+            extra.update({name: (m0 + te_m).ravel(), f"y0_{name}": m0.ravel(),
+                          f"te_{name}": te_m.ravel(), f"ie_nqpf_{name}": (b_m * te_m).ravel()})
+        extra["de_nqpf"] = direct.ravel()
     y = y0 + te + national
     d = treatment_from_cohort(c_grid, t_grid)
     return pd.DataFrame({
@@ -182,4 +202,5 @@ def draw_city(
         "group": np.repeat(group, t_n),
         "y0_nqpf": (y0 + national).ravel(),
         "te_nqpf": te.ravel(),
+        **extra,
     })

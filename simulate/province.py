@@ -107,6 +107,16 @@ class ProvinceDGP:
     # untreated outcome trends by this much per year per SD of baseline log GDP per capita;
     # with pilots selected on GDP, parallel trends fail
     trend_pgdp: float = 0.0
+    # seed 000's outcomes (extra columns, drawn only when on): the share of enterprises
+    # doing voluntary clean production and annual mean PM10, SO2, NO2 (mg/m3)
+    air_outcomes: bool = False
+    clean_effect: float = 0.22       # pilots +22 percentage points (seed 000)
+    # the effect shrinks by this much per unit of the province's baseline clean share:
+    # the policy works more where fewer firms already produce cleanly
+    clean_slope: float = -0.5
+    pm10_effect: float = -0.0288     # seed 000: 0.0288, 0.0170, 0.0105 mg/m3 lower
+    so2_effect: float = -0.0170
+    no2_effect: float = -0.0105
 
     def validate(self) -> None:
         if self.last_year <= self.first_year:
@@ -368,6 +378,8 @@ def draw_province(
     cols["te_lncei"] = te.ravel()
     cols["province"] = np.repeat(np.array(PROVINCES, dtype=object), n_years)
     cols["pilot_profile"] = np.repeat(profile, n_years)
+    if dgp.air_outcomes:
+        cols.update(_air_outcomes(rng, dgp, cohort, years, k_eff, treated_unit))
     if ch is not None:
         for m in ch.effect:
             cols[f"y0_{m}"] = ch.untreated[m].ravel()
@@ -378,6 +390,30 @@ def draw_province(
             for m in ch.indirect:
                 cols[f"ie_{outcome}_{m}"] = ch.indirect[m].ravel()
     return pd.DataFrame(cols)
+
+
+def _air_outcomes(rng: np.random.Generator, dgp: ProvinceDGP, cohort: np.ndarray,
+                  years: np.ndarray, k_eff: np.ndarray, treated_unit: np.ndarray
+                  ) -> dict[str, np.ndarray]:
+    """Seed 000's outcomes with their truth: clean-production share (effect larger where
+    the baseline share is low) and three pollutant concentrations."""
+    n, t_n = cohort.size, years.size
+    on = (k_eff >= 0) & treated_unit[:, None]
+    tau = (years - years.mean())[None, :]
+    out: dict[str, np.ndarray] = {}
+    base = np.clip(0.35 + 0.12 * rng.standard_normal(n), 0.05, 0.8)       # baseline share
+    s0 = np.clip(base[:, None] + 0.01 * tau + _ar1(rng, (n, t_n), 0.5, 0.03), 0.0, 1.0)
+    te = np.where(on, dgp.clean_effect + dgp.clean_slope * (base[:, None] - base.mean()), 0.0)
+    s1 = np.clip(s0 + te, 0.0, 1.0)
+    out.update(clean_share=s1.ravel(), y0_clean_share=s0.ravel(), te_clean_share=(s1 - s0).ravel())
+    for name, mean, sd, effect in (("pm10", 0.10, 0.025, dgp.pm10_effect),
+                                   ("so2", 0.045, 0.015, dgp.so2_effect),
+                                   ("no2", 0.035, 0.008, dgp.no2_effect)):
+        level = mean + sd * rng.standard_normal(n)
+        y0 = np.maximum(level[:, None] - 0.002 * tau + _ar1(rng, (n, t_n), 0.5, 0.2 * sd), 0.002)
+        y1 = np.maximum(y0 + np.where(on, effect, 0.0), 0.001)
+        out.update({name: y1.ravel(), f"y0_{name}": y0.ravel(), f"te_{name}": (y1 - y0).ravel()})
+    return out
 
 
 def true_att(panel: pd.DataFrame, outcome: str) -> float:
