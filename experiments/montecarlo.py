@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import warnings
 import json
 import os
 import time
@@ -293,68 +294,72 @@ def diagnose(results: pd.DataFrame, by: Sequence[str] = ("cell", "outcome", "est
     ok = results[results["error"].astype(str) == ""]
     failed_counts = (failed_rows.groupby([b for b in by if b != "term"]).size()
                      if len(failed_rows) else None)
-    for key, g in ok.groupby(by, sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        rec = dict(zip(by, key))
-        est = g["estimate"].to_numpy(float)
-        truth = g["truth"].to_numpy(float)
-        se = g["std_error"].to_numpy(float)
-        n = est.size
-        err = est - truth
-        rec["n_draws"] = n
-        if failed_counts is not None:
-            fkey = tuple(rec[b] for b in by if b != "term")
-            rec["n_failed"] = int(failed_counts.get(fkey if len(fkey) > 1 else fkey[0], 0))
-        else:
-            rec["n_failed"] = 0
-        sd = est.std(ddof=1) if n > 1 else np.nan
-        rec["mean_estimate"] = est.mean()
-        rec["mean_truth"] = np.nanmean(truth) if np.isfinite(truth).any() else np.nan
-        rec["bias"] = np.nanmean(err)
-        rec["bias_mcse"] = np.nanstd(err, ddof=1) / np.sqrt(n) if n > 1 else np.nan
-        rec["sd"] = sd
-        rec["sd_mcse"] = sd / np.sqrt(2 * (n - 1)) if n > 1 else np.nan
-        mse = np.nanmean(err**2)
-        rec["rmse"] = np.sqrt(mse)
-        rec["rmse_mcse"] = (np.nanstd(err**2, ddof=1) / np.sqrt(n) / (2 * np.sqrt(mse))
-                            if n > 1 and mse > 0 else np.nan)
-        rec["se_sd_ratio"] = se.mean() / sd if n > 1 and sd > 0 else np.nan
-        rec["se_sd_ratio_mcse"] = _mcse_ratio(se, sd, n)
-        lo, hi = g["conf_low"].to_numpy(float), g["conf_high"].to_numpy(float)
-        # draws without a truth (real data, descriptive terms) or without an interval (no
-        # SEs) say nothing about coverage or rejection: NaN, not 0
-        has_ci = np.isfinite(truth) & np.isfinite(lo) & np.isfinite(hi)
-        cover = (lo <= truth) & (truth <= hi)
-        k_ci = int(has_ci.sum())
-        rec["coverage"] = cover[has_ci].mean() if k_ci else np.nan
-        rec["coverage_mcse"] = np.sqrt(rec["coverage"] * (1 - rec["coverage"]) / k_ci) if k_ci else np.nan
-        pv = g["p_value"].to_numpy(float)
-        has_p = np.isfinite(pv)
-        reject = pv < g["alpha"].to_numpy(float)
-        k_p = int(has_p.sum())
-        rec["rejection"] = reject[has_p].mean() if k_p else np.nan
-        rec["rejection_mcse"] = np.sqrt(rec["rejection"] * (1 - rec["rejection"]) / k_p) if k_p else np.nan
-        rec["rejection_is"] = ("unknown" if not np.isfinite(truth).any()
-                               else "size" if np.all(truth[np.isfinite(truth)] == 0) else "power")
-        width = (g["conf_high"] - g["conf_low"]).to_numpy(float)
-        rec["ci_width"] = width.mean()
-        rec["ci_width_mcse"] = width.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
-        pre = g["pretrend_p"].to_numpy(float)
-        if np.isfinite(pre).any():
-            r = (pre[np.isfinite(pre)] < 0.05)
-            rec["pretrend_reject"] = r.mean()
-            rec["pretrend_reject_mcse"] = np.sqrt(r.mean() * (1 - r.mean()) / r.size)
-            # "pre-test, then report": how the estimate behaves among draws that pass
-            passed = np.isfinite(pre) & (pre >= 0.05)
-            k = int(passed.sum())
-            rec["n_pass_pretest"] = k
-            if k > 1:
-                rec["bias_given_pass"] = float(np.nanmean(err[passed]))
-                rec["bias_given_pass_mcse"] = float(np.nanstd(err[passed], ddof=1) / np.sqrt(k))
-                cp = cover[passed].mean()
-                rec["coverage_given_pass"] = float(cp)
-                rec["coverage_given_pass_mcse"] = float(np.sqrt(cp * (1 - cp) / k))
-        out.append(rec)
+    # terms without a truth (descriptive, real data) give all-NaN errors: NaN diagnosands,
+    # not warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for key, g in ok.groupby(by, sort=False):
+            key = key if isinstance(key, tuple) else (key,)
+            rec = dict(zip(by, key))
+            est = g["estimate"].to_numpy(float)
+            truth = g["truth"].to_numpy(float)
+            se = g["std_error"].to_numpy(float)
+            n = est.size
+            err = est - truth
+            rec["n_draws"] = n
+            if failed_counts is not None:
+                fkey = tuple(rec[b] for b in by if b != "term")
+                rec["n_failed"] = int(failed_counts.get(fkey if len(fkey) > 1 else fkey[0], 0))
+            else:
+                rec["n_failed"] = 0
+            sd = est.std(ddof=1) if n > 1 else np.nan
+            rec["mean_estimate"] = est.mean()
+            rec["mean_truth"] = np.nanmean(truth) if np.isfinite(truth).any() else np.nan
+            rec["bias"] = np.nanmean(err)
+            rec["bias_mcse"] = np.nanstd(err, ddof=1) / np.sqrt(n) if n > 1 else np.nan
+            rec["sd"] = sd
+            rec["sd_mcse"] = sd / np.sqrt(2 * (n - 1)) if n > 1 else np.nan
+            mse = np.nanmean(err**2)
+            rec["rmse"] = np.sqrt(mse)
+            rec["rmse_mcse"] = (np.nanstd(err**2, ddof=1) / np.sqrt(n) / (2 * np.sqrt(mse))
+                                if n > 1 and mse > 0 else np.nan)
+            rec["se_sd_ratio"] = se.mean() / sd if n > 1 and sd > 0 else np.nan
+            rec["se_sd_ratio_mcse"] = _mcse_ratio(se, sd, n)
+            lo, hi = g["conf_low"].to_numpy(float), g["conf_high"].to_numpy(float)
+            # draws without a truth (real data, descriptive terms) or without an interval (no
+            # SEs) say nothing about coverage or rejection: NaN, not 0
+            has_ci = np.isfinite(truth) & np.isfinite(lo) & np.isfinite(hi)
+            cover = (lo <= truth) & (truth <= hi)
+            k_ci = int(has_ci.sum())
+            rec["coverage"] = cover[has_ci].mean() if k_ci else np.nan
+            rec["coverage_mcse"] = np.sqrt(rec["coverage"] * (1 - rec["coverage"]) / k_ci) if k_ci else np.nan
+            pv = g["p_value"].to_numpy(float)
+            has_p = np.isfinite(pv)
+            reject = pv < g["alpha"].to_numpy(float)
+            k_p = int(has_p.sum())
+            rec["rejection"] = reject[has_p].mean() if k_p else np.nan
+            rec["rejection_mcse"] = np.sqrt(rec["rejection"] * (1 - rec["rejection"]) / k_p) if k_p else np.nan
+            rec["rejection_is"] = ("unknown" if not np.isfinite(truth).any()
+                                   else "size" if np.all(truth[np.isfinite(truth)] == 0) else "power")
+            width = (g["conf_high"] - g["conf_low"]).to_numpy(float)
+            rec["ci_width"] = width.mean()
+            rec["ci_width_mcse"] = width.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+            pre = g["pretrend_p"].to_numpy(float)
+            if np.isfinite(pre).any():
+                r = (pre[np.isfinite(pre)] < 0.05)
+                rec["pretrend_reject"] = r.mean()
+                rec["pretrend_reject_mcse"] = np.sqrt(r.mean() * (1 - r.mean()) / r.size)
+                # "pre-test, then report": how the estimate behaves among draws that pass
+                passed = np.isfinite(pre) & (pre >= 0.05)
+                k = int(passed.sum())
+                rec["n_pass_pretest"] = k
+                if k > 1:
+                    rec["bias_given_pass"] = float(np.nanmean(err[passed]))
+                    rec["bias_given_pass_mcse"] = float(np.nanstd(err[passed], ddof=1) / np.sqrt(k))
+                    cp = cover[passed].mean()
+                    rec["coverage_given_pass"] = float(cp)
+                    rec["coverage_given_pass_mcse"] = float(np.sqrt(cp * (1 - cp) / k))
+            out.append(rec)
     frame = pd.DataFrame(out)
     if failed_counts is not None and len(frame):
         # estimators that failed in every draw still get a row
