@@ -376,13 +376,15 @@ def register() -> None:
                                         lambda: str(Path(__file__).resolve().parent.parent))
     cs = ConfigStore.instance()
     cs.store(name="didlab_base", node=Config)
-    cs.store(group="data", name="province_schema", node=ProvinceData)
-    cs.store(group="data", name="city_schema", node=CityData)
-    cs.store(group="data", name="file_schema", node=FileData)
-    cs.store(group="assignment", name="assignment_schema", node=Assignment)
-    cs.store(group="timing", name="timing_schema", node=Timing)
-    cs.store(group="effect", name="effect_schema", node=Effect)
-    cs.store(group="backend", name="backend_schema", node=BackendConf)
-    cs.store(group="experiment", name="experiment_schema", node=ExperimentConf, package="experiment")
+    # schemas live under schema/ so that `didlab --help` lists only real options per group;
+    # each option file extends its schema with `- /schema/<group>/<name>@_here_`
+    cs.store(group="schema/data", name="province", node=ProvinceData)
+    cs.store(group="schema/data", name="city", node=CityData)
+    cs.store(group="schema/data", name="file", node=FileData)
+    cs.store(group="schema/assignment", name="base", node=Assignment)
+    cs.store(group="schema/timing", name="base", node=Timing)
+    cs.store(group="schema/effect", name="base", node=Effect)
+    cs.store(group="schema/backend", name="base", node=BackendConf)
+    cs.store(group="schema/experiment", name="base", node=ExperimentConf)
     for kind, schema in ESTIMATOR_SCHEMAS.items():
         cs.store(group="schema/estimator", name=kind, node=schema)
