@@ -7,8 +7,8 @@ dynamic, group, calendar), as R's ``did`` does. Inference from the influence fun
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import special
 
 from .design import codes_of, event_time, fe_arrays
-from .panel import COHORT, D, TIME, UNIT, EstimationError, OptionError, check_panel
+from .panel import COHORT, D, UNIT, EstimationError, OptionError, check_panel
 from .result import Estimate, critical_value, p_value
 from .twfe import fit_fe
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,8 +27,8 @@ from .design import codes_of, fe_arrays
 from .fe import cluster_scores, ssc_factor, within_balanced, within_general
 from .panel import (COHORT, D, TIME, UNIT, EstimationError, OptionError, PanelError,
                     check_choice, check_panel, treatment_from_cohort)
-from .result import Estimate, critical_value, p_value, terms_frame
-from .twfe import TWFE, describe_inference, fit_fe
+from .result import Estimate
+from .twfe import TWFE, fit_fe
 
 STATISTICS = ("t", "coef")
 #: relative tolerance of the ">=" tie rule: |T_b| counts as extreme if it reaches

@@ -1551,7 +1551,7 @@ class DRDID:
         if rng is None:
             raise OptionError("the bootstrap needs a generator: rng=np.random.default_rng(...)")
         ua = _arrays if _arrays is not None else self._unit_arrays(panel)
-        cohort, x, dy, cohorts, n_cells = ua["cohort"], ua["x"], ua["dy"], ua["cohorts"], ua["n_cells"]
+        cohort, x, dy, cohorts = ua["cohort"], ua["x"], ua["dy"], ua["cohorts"]
         draws_idx = draw_units((cohort > 0).astype(int), self.n_boot, rng, self.stratify)
         # cohort weights follow the resampled units' treated cells
         cells_per_unit = np.zeros(cohort.size)

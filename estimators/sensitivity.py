@@ -183,7 +183,6 @@ def flci_smoothness(inputs: EventInputs, m: float, l: np.ndarray, alpha: float =
                                 options={"maxiter": 500, "ftol": 1e-14})
         return res.x[:k]
 
-    best = None
     if null.size:
         starts = [np.zeros(null.shape[1])]
         # also start from the variance-minimising weights (the M = infinity-free direction)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from scipy import special
 
 from estimators.design import codes_of
@@ -78,7 +78,7 @@ def _persistence(resid: np.ndarray, unit: np.ndarray, time: np.ndarray, t_bar: f
 def calibrate(panel: pd.DataFrame, outcome: str, covariates: Sequence[str] = ()) -> CalibratedDGP:
     """Estimate :class:`~simulate.calibrated.CalibratedDGP` from a panel (see module doc)."""
     covariates = tuple(covariates)
-    info = validate_panel(panel, (outcome,), covariates)
+    validate_panel(panel, (outcome,), covariates)
     unit, n_units = codes_of(panel[UNIT].to_numpy())
     years = np.sort(panel[TIME].unique())
     time, n_periods = codes_of(panel[TIME].to_numpy())
@@ -149,7 +149,6 @@ def calibrate(panel: pd.DataFrame, outcome: str, covariates: Sequence[str] = ())
     # --- selection on the first covariate ----------------------------------------------------
     selection = 0.0
     if covariates and treated_u.any():
-        s = cov_params[covariates[0]]
         m_u = np.bincount(unit, weights=x[:, 0], minlength=n_units) / np.bincount(unit, minlength=n_units)
         zsc = (m_u - m_u.mean()) / (m_u.std() or 1.0)
         b = np.zeros(2)
@@ -162,7 +161,6 @@ def calibrate(panel: pd.DataFrame, outcome: str, covariates: Sequence[str] = ())
             if np.abs(step).max() < 1e-10 or np.abs(b).max() > 20:
                 break
         selection = float(np.clip(b[1], -10, 10))
-        del s
     sizes = pd.Series(cohort_u[treated_u]).value_counts().sort_index()
     return CalibratedDGP(
         outcome=outcome, first_year=int(years[0]), last_year=int(years[-1]),

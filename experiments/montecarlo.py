@@ -16,7 +16,6 @@ import warnings
 import json
 import os
 import time
-import traceback
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path

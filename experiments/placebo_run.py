@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from estimators.panel import OptionError
 from estimators.placebo import LeaveOneOut, RandomizationInference, TimingPlacebo

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -360,7 +359,6 @@ def _run(cfg: DictConfig, out: Path, kind: str) -> dict[str, Any]:
 def _run_calibrate(cfg: DictConfig, panel: pd.DataFrame, out: Path) -> tuple[dict, list[str]]:
     """Fit the simulator to the panel, save it, compare moments, run the BDM placebo."""
     from .calibrate import calibrate, placebo_design, save_calibration
-    from .build import _draw_calibrated
     from simulate.calibrated import draw_calibrated
 
     if cfg.data.kind != "file":

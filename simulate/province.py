@@ -8,7 +8,7 @@ coefficients, and whose treatment effect is known in every unit and year.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import functools

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulate.design import Assignment, Effect, Timing
-from simulate.province import ProvinceDGP, draw_province
+from simulate.design import Effect, Timing
+from simulate.province import draw_province
 
 CONTROLS = ("lnpgdp", "lnpeople", "lnis2", "lnfdi", "lntech", "lnes")
 

@@ -2,7 +2,6 @@
 the Bertrand-Duflo-Mullainathan placebo keeps the data's cohort sizes."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from experiments.calibrate import calibrate, fake_pilots, load_calibration, save_calibration

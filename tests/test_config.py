@@ -1,7 +1,5 @@
 """Every config composes; typos and wrong types fail at composition; experiments smoke-run."""
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 from hydra.errors import ConfigCompositionException

@@ -1,7 +1,6 @@
 """Event study pinned to linearmodels with explicit event-time dummies."""
 
 import numpy as np
-import pandas as pd
 import pytest
 from linearmodels import PanelOLS
 from scipy import stats

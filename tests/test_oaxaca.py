@@ -1,7 +1,6 @@
 """Oaxaca-Blinder pinned to statsmodels' OaxacaBlinder on the same inputs."""
 
 import numpy as np
-import pandas as pd
 import pytest
 from statsmodels.stats.oaxaca import OaxacaBlinder as SMOaxaca
 

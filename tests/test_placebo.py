@@ -4,7 +4,6 @@ permutation p-values, exactness, and size / power by simulation."""
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats
 

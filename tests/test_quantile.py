@@ -1,7 +1,6 @@
 """Quantile DID and changes-in-changes."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import statsmodels.api as sm
 

@@ -4,7 +4,7 @@ honestdid port of R HonestDiD, coverage under a bounded violation, pre-trend pow
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import special, stats
+from scipy import special
 
 from estimators.callaway_santanna import CallawaySantAnna
 from estimators.event_study import EventStudy
@@ -13,8 +13,7 @@ from estimators.sensitivity import (bonferroni_relative_magnitudes, breakdown, d
                                     event_inputs, flci_smoothness, honest_intervals,
                                     pretest_power, target_weights)
 from estimators.sun_abraham import SunAbraham
-from simulate.design import Timing
-from simulate.province import ProvinceDGP, draw_province
+from simulate.province import draw_province
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from estimators.panel import OptionError, validate_panel
 from simulate.design import Assignment, Effect, Timing, pick_pilots
 from simulate.emissions import EMISSION_FACTORS, FUELS, carbon_emissions
-from simulate.province import (PILOTS, PROVINCES, TABLE3, ProvinceDGP, draw_province,
+from simulate.province import (PILOTS, TABLE3, ProvinceDGP, draw_province,
                                lognormal_params, true_att)
 
 

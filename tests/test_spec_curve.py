@@ -1,7 +1,6 @@
 """Specification curve: every row equals an individual run of the same specification."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from estimators.event_study import EventStudy
