@@ -1,4 +1,4 @@
-"""Turn a composed config into simulator and estimator objects (no Hydra needed here)."""
+"""Turn a composed config into simulator and estimator objects (plain functions: no running Hydra app needed)."""
 
 from __future__ import annotations
 
@@ -9,32 +9,16 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from estimators.bacon import BaconDecomposition
-from estimators.callaway_santanna import CallawaySantAnna
-from estimators.event_study import EventStudy
-from estimators.heterogeneity import Heterogeneity
-from estimators.imputation import Imputation
-from estimators.placebo import RandomizationInference
-from estimators.mediation import Mediation
-from estimators.oaxaca import OaxacaBlinder
-from estimators.psm import DRDID, PSMDID, PSMDIDWeighted
-from estimators.quantile import ChangesInChanges, QuantileDID
-from estimators.sun_abraham import SunAbraham
 from estimators.panel import OptionError, check_choice
-from estimators.twfe import TWFE
 from simulate.city import CityDGP, draw_city
 from simulate.design import Assignment, Effect, Timing
 from simulate.province import ProvinceDGP, draw_province
 
-#: estimator kind -> class; labels in outputs are the config keys, kinds pick the class
-ESTIMATORS: dict[str, type] = {
-    "twfe": TWFE, "event_study": EventStudy, "randomization": RandomizationInference,
-    "callaway_santanna": CallawaySantAnna, "sun_abraham": SunAbraham,
-    "imputation": Imputation, "bacon": BaconDecomposition, "psm_did": PSMDID,
-    "psm_did_weighted": PSMDIDWeighted, "dr_did": DRDID, "mediation": Mediation,
-    "heterogeneity": Heterogeneity, "oaxaca": OaxacaBlinder,
-    "quantile_did": QuantileDID, "changes_in_changes": ChangesInChanges,
-}
+from .schema import REGISTRY
+
+#: estimator kind -> class (from the one registry in schema.py); labels in outputs are the
+#: config keys, kinds pick the class
+ESTIMATORS: dict[str, type] = {kind: cls for kind, (cls, _) in REGISTRY.items()}
 EXACT = {"auto": "auto", "true": True, "false": False}
 DATA_KINDS = ("province", "city", "file", "calibrated")
 #: data-config keys that describe how the data is used, not the simulator's parameters

@@ -14,6 +14,18 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
+from estimators.bacon import BaconDecomposition
+from estimators.callaway_santanna import CallawaySantAnna
+from estimators.event_study import EventStudy
+from estimators.heterogeneity import Heterogeneity
+from estimators.imputation import Imputation
+from estimators.mediation import Mediation
+from estimators.oaxaca import OaxacaBlinder
+from estimators.placebo import RandomizationInference
+from estimators.psm import DRDID, PSMDID, PSMDIDWeighted
+from estimators.quantile import ChangesInChanges, QuantileDID
+from estimators.sun_abraham import SunAbraham
+from estimators.twfe import TWFE
 from simulate.city import CityDGP
 from simulate.design import Assignment, Effect, Timing
 from simulate.province import CONTROLS, ProvinceDGP
@@ -79,31 +91,32 @@ class FileData:
 
 
 @dataclass
-class TWFEConf:
+class InferenceConf:
+    """Inference options shared by the regression-based estimators (see estimators.fe.vcov)."""
+
+    cluster: Optional[str] = "unit"
+    se: str = "cluster"            # cluster | robust | conventional
+    ssc: str = "stata"             # stata | full | linearmodels | none
+    dist: str = "t"                # t | normal
+    alpha: float = 0.05
+
+
+@dataclass
+class TWFEConf(InferenceConf):
     kind: str = "twfe"
     controls: List[str] = field(default_factory=list)
-    cluster: Optional[str] = "unit"
-    se: str = "cluster"
-    ssc: str = "stata"
-    dist: str = "t"
-    alpha: float = 0.05
     paper_terms: bool = False
     time_by: Optional[str] = None   # e.g. region: region-by-year instead of year effects
 
 
 @dataclass
-class EventStudyConf:
+class EventStudyConf(InferenceConf):
     kind: str = "event_study"
     controls: List[str] = field(default_factory=list)
     leads: Optional[int] = 5
     lags: Optional[int] = 5
     ref: int = -1
     bin_endpoints: bool = True
-    cluster: Optional[str] = "unit"
-    se: str = "cluster"
-    ssc: str = "stata"
-    dist: str = "t"
-    alpha: float = 0.05
 
 
 @dataclass
@@ -121,16 +134,11 @@ class CallawaySantAnnaConf:
 
 
 @dataclass
-class SunAbrahamConf:
+class SunAbrahamConf(InferenceConf):
     kind: str = "sun_abraham"
     controls: List[str] = field(default_factory=list)
     control: str = "never"
     ref: int = -1
-    cluster: Optional[str] = "unit"
-    se: str = "cluster"
-    ssc: str = "stata"
-    dist: str = "t"
-    alpha: float = 0.05
 
 
 @dataclass
@@ -143,7 +151,7 @@ class ImputationConf:
 
 
 @dataclass
-class PSMConf:
+class PSMConf(InferenceConf):
     """PSM-DID (route a: DID on the matched sample, as seed 002 Table 5) and, with
     kind=psm_did_weighted, route b (matching weights carried over all years)."""
 
@@ -162,11 +170,6 @@ class PSMConf:
     support_q: float = 0.02
     inference: str = "cluster"    # cluster | bootstrap (re-estimates score and matching)
     n_boot: int = 499
-    cluster: Optional[str] = "unit"
-    se: str = "cluster"
-    ssc: str = "stata"
-    dist: str = "t"
-    alpha: float = 0.05
 
 
 @dataclass
@@ -197,17 +200,12 @@ class MediationConf:
 
 
 @dataclass
-class HeterogeneityConf:
+class HeterogeneityConf(InferenceConf):
     """Effects by a unit-level attribute with a test of equality (seed 001)."""
 
     kind: str = "heterogeneity"
     by: str = "developed"          # city panel: developed | resource | old_industrial
     controls: List[str] = field(default_factory=list)
-    cluster: Optional[str] = "unit"
-    se: str = "cluster"
-    ssc: str = "stata"
-    dist: str = "t"
-    alpha: float = 0.05
 
 
 @dataclass
@@ -354,14 +352,26 @@ class Config:
     experiment: ExperimentConf = field(default_factory=ExperimentConf)
 
 
-ESTIMATOR_SCHEMAS: dict[str, type] = {
-    "twfe": TWFEConf, "event_study": EventStudyConf, "randomization": RandomizationConf,
-    "callaway_santanna": CallawaySantAnnaConf, "sun_abraham": SunAbrahamConf,
-    "imputation": ImputationConf, "bacon": BaconConf, "psm_did": PSMConf,
-    "psm_did_weighted": PSMConf, "dr_did": DRDIDConf, "mediation": MediationConf,
-    "heterogeneity": HeterogeneityConf, "oaxaca": OaxacaConf,
-    "quantile_did": QuantileDIDConf, "changes_in_changes": QuantileConf,
+#: estimator kind -> (estimator class, config schema): the one registry of estimators;
+#: experiments.build derives its class table from it
+REGISTRY: dict[str, tuple[type, type]] = {
+    "twfe": (TWFE, TWFEConf),
+    "event_study": (EventStudy, EventStudyConf),
+    "randomization": (RandomizationInference, RandomizationConf),
+    "callaway_santanna": (CallawaySantAnna, CallawaySantAnnaConf),
+    "sun_abraham": (SunAbraham, SunAbrahamConf),
+    "imputation": (Imputation, ImputationConf),
+    "bacon": (BaconDecomposition, BaconConf),
+    "psm_did": (PSMDID, PSMConf),
+    "psm_did_weighted": (PSMDIDWeighted, PSMConf),
+    "dr_did": (DRDID, DRDIDConf),
+    "mediation": (Mediation, MediationConf),
+    "heterogeneity": (Heterogeneity, HeterogeneityConf),
+    "oaxaca": (OaxacaBlinder, OaxacaConf),
+    "quantile_did": (QuantileDID, QuantileDIDConf),
+    "changes_in_changes": (ChangesInChanges, QuantileConf),
 }
+ESTIMATOR_SCHEMAS: dict[str, type] = {kind: schema for kind, (_, schema) in REGISTRY.items()}
 
 
 def register() -> None:
