@@ -85,6 +85,7 @@ def fe_arrays(
     validate: bool = True,
     checked: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None,
     time_by: str | None = None,
+    extra_first: bool = False,
 ) -> FEArrays:
     """Pull the arrays of a fixed-effects regression out of a panel.
 
@@ -127,8 +128,12 @@ def fe_arrays(
     cols = [column(c) for c in regressors]
     names = list(regressors)
     if extra:
-        cols.extend(np.asarray(v, dtype=float) for v in extra.values())
-        names.extend(extra.keys())
+        extra_cols = [np.asarray(v, dtype=float) for v in extra.values()]
+        if extra_first:
+            cols, names = extra_cols + cols, list(extra.keys()) + names
+        else:
+            cols.extend(extra_cols)
+            names.extend(extra.keys())
     x = np.column_stack(cols) if cols else np.empty((n, 0))
     y = column(outcome)
     if cluster is None:
@@ -149,7 +154,7 @@ def fe_arrays(
             return fe_arrays(
                 panel.loc[keep], outcome, regressors, cluster=cluster, weights=weights,
                 extra={k: np.asarray(v)[keep] for k, v in (extra or {}).items()}, validate=False,
-                time_by=time_by,
+                time_by=time_by, extra_first=extra_first,
             )
     if balanced and w is None:
         key = unit * n_periods + time

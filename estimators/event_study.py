@@ -139,12 +139,9 @@ class EventStudy:
                          f"[-{leads}, {lags}] dropped (bin_endpoints=False)")
         checked = (unit, time, arrays) if keep.all() else None
         arrays = fe_arrays(data, self.outcome, tuple(self.controls), cluster=cluster,
-                           extra=cols, validate=not keep.all(), checked=checked)
-        # put the event dummies first so that collinearity drops controls, not event times
+                           extra=cols, validate=not keep.all(), checked=checked,
+                           extra_first=True)  # collinearity drops controls, not event times
         k_c = len(self.controls)
-        order = list(range(k_c, arrays.x.shape[1])) + list(range(k_c))
-        arrays = type(arrays)(**{**arrays.__dict__, "x": arrays.x[:, order],
-                                 "names": tuple(arrays.names[i] for i in order)})
         res = fit_fe(arrays, self.se, self.ssc, self.dist)
         n_ev = len(times)
         binned = np.zeros(n_ev + k_c, dtype=bool)

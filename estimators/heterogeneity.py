@@ -76,11 +76,7 @@ class Heterogeneity:
         d = arrays[D]
         extra = {f"d:{self.by}={lv}": d * (values == lv) for lv in levels}
         fe = fe_arrays(panel, self.outcome, tuple(self.controls), cluster=cluster, extra=extra,
-                       validate=False, checked=(unit, time, arrays))
-        k_c = len(self.controls)
-        order = list(range(k_c, fe.x.shape[1])) + list(range(k_c))
-        fe = type(fe)(**{**fe.__dict__, "x": fe.x[:, order],
-                         "names": tuple(fe.names[i] for i in order)})
+                       validate=False, checked=(unit, time, arrays), extra_first=True)
         res = fit_fe(fe, self.se, self.ssc, self.dist)
         names = list(extra)
         ids = res.identified

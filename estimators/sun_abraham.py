@@ -71,11 +71,7 @@ class SunAbraham:
             raise EstimationError("no treated cohort-period cell to estimate")
         extra = {f"g{g}:e{e:+d}": ((cohort == g) & (rel == e)).astype(float) for g, e in cells}
         arrays = fe_arrays(data, self.outcome, tuple(self.controls), cluster=cluster,
-                           extra=extra, validate=False)
-        k_c = len(self.controls)
-        order = list(range(k_c, arrays.x.shape[1])) + list(range(k_c))
-        arrays = type(arrays)(**{**arrays.__dict__, "x": arrays.x[:, order],
-                                 "names": tuple(arrays.names[i] for i in order)})
+                           extra=extra, validate=False, extra_first=True)
         res = fit_fe(arrays, self.se, self.ssc, self.dist)
         ids = res.identified
         coef = dict(zip(ids, res.fit.coef))
