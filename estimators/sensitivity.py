@@ -13,11 +13,19 @@ Implemented procedures (stated, since Rambachan and Roth offer several):
   differences to the violation path), with half-length ``cv_alpha(bias/sd) * sd``
   minimised over ``v``.
 * **Relative magnitudes, Delta^RM(Mbar)**: every post-period first difference of the
-  violation at most Mbar times the largest pre-period first difference. Implemented as a
-  conservative Bonferroni interval (NOT Rambachan and Roth's conditional/hybrid ARP test):
-  an upper confidence bound at level ``alpha_pre`` for the largest pre-period difference,
-  and a ``1 - (alpha - alpha_pre)`` interval for the post-period target widened by the
-  worst-case bias that bound implies. Valid, wider than ARP's.
+  violation at most Mbar times the largest pre-period first difference. Default: Rambachan
+  and Roth's **conditional-least-favourable hybrid ("C-LF")**, their recommendation and
+  HonestDiD's default: Delta^RM is the union over which pre-period difference is the
+  largest (and its sign) of polyhedra ``A delta <= 0``; each is tested by the Andrews-Roth-
+  Pakes conditional test with nuisance parameters (:mod:`estimators.arp`) with the
+  least-favourable first stage at ``kappa = alpha / 10`` (1,000 seeded draws), on a grid of
+  1,000 values of the target whose end points are then refined by bisection; the set is
+  the union's hull. Only the moments that involve post periods enter when there are
+  several post periods (HonestDiD's ``postPeriodMomentsOnly``). ``method="conditional"``
+  drops the hybrid; ``method="bonferroni"`` keeps a fast, conservative interval (an upper
+  bound on the largest pre-period difference plus a widened post-period interval).
+* **Smoothness, conditional**: ``method="c-lf"`` or ``"conditional"`` runs the same ARP
+  machinery on Delta^SD(M) (HonestDiD's ``computeConditionalCS_DeltaSD``).
 * **Pre-trend power** (Roth 2022): power of the joint pre-test against a linear violation
   of a given slope, the slopes detected with 50% / 80% power, and the bias of the
   post-period estimate conditional on passing the pre-test, by simulation from the
@@ -33,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
+from .arp import MomentProblem, moment_draws, problem_from_constraints
 from .panel import EstimationError, OptionError, check_choice
 from .result import Estimate
 
@@ -258,11 +267,206 @@ def bonferroni_relative_magnitudes(inputs: EventInputs, mbar: float, l: np.ndarr
                           center + bias + z * sd_post, "Bonferroni (conservative)")
 
 
+# --- conditional and hybrid sets (Andrews-Roth-Pakes via estimators.arp) -------------------
+
+METHODS = {"smoothness": ("flci", "c-lf", "conditional"),
+           "relative_magnitudes": ("c-lf", "conditional", "bonferroni")}
+DEFAULT_METHOD = {"smoothness": "flci", "relative_magnitudes": "c-lf"}
+METHOD_LABEL = {"flci": "FLCI", "c-lf": "C-LF", "conditional": "Conditional",
+                "bonferroni": "Bonferroni (conservative)"}
+
+
+def _first_differences(n: int) -> np.ndarray:
+    D = np.zeros((n - 1, n))
+    D[np.arange(n - 1), np.arange(n - 1)] = -1.0
+    D[np.arange(n - 1), np.arange(1, n)] = 1.0
+    return D
+
+
+def rm_constraints(n_pre: int, n_post: int, mbar: float, s: int, positive: bool) -> np.ndarray:
+    """``A`` with Delta^RM_{s,+/-}(Mbar) = {delta: A delta <= 0}: pre-period difference ``s``
+    (0 = earliest) is the largest in absolute value and has the given sign, and every
+    post-period difference is at most Mbar times it. Columns: pre then post periods (the
+    reference, normalised to zero, dropped), as HonestDiD's ``.create_A_RM``."""
+    n = n_pre + n_post + 1
+    At = _first_differences(n)
+    v = np.zeros(n)
+    v[s], v[s + 1] = -1.0, 1.0
+    if not positive:
+        v = -v
+    ub = np.vstack([np.tile(v, (n_pre, 1)), np.tile(mbar * v, (n_post, 1))])
+    A = np.vstack([At - ub, -At - ub])
+    A = A[(A ** 2).sum(axis=1) > 1e-10]
+    return np.delete(A, n_pre, axis=1)
+
+
+def sd_constraints(n_pre: int, n_post: int, m: float) -> tuple[np.ndarray, np.ndarray]:
+    """``A, d`` with Delta^SD(M) = {delta: A delta <= d}: every second difference of the
+    path (reference included, at zero) within +-M."""
+    n = n_pre + n_post + 1
+    D2 = _first_differences(n - 1) @ _first_differences(n)
+    A = np.delete(np.vstack([D2, -D2]), n_pre, axis=1)
+    return A, np.full(A.shape[0], float(m))
+
+
+def _post_rows(A: np.ndarray, n_pre: int, n_post: int, post_moments_only: bool) -> np.ndarray | None:
+    if post_moments_only and n_post > 1:
+        return np.flatnonzero(np.abs(A[:, n_pre:]).sum(axis=1) > 0)
+    return None
+
+
+def _identified_set(A: np.ndarray, d: np.ndarray, inputs: EventInputs, l: np.ndarray) -> tuple[float, float]:
+    """Range of ``l' tau_post`` over violations in {A delta <= d} that match the
+    pre-period coefficients exactly (the identified set at the estimates)."""
+    n_pre = inputs.n_pre
+    b_pre, b_post = inputs.beta[:n_pre], inputs.beta[n_pre:]
+    rhs = d - A[:, :n_pre] @ b_pre
+    out = []
+    for sign in (1.0, -1.0):                       # max then min of l' delta_post
+        r = optimize.linprog(-sign * l, A_ub=A[:, n_pre:], b_ub=rhs, bounds=(None, None),
+                             method="highs")
+        out.append(sign * -r.fun if r.status == 0 else np.nan)
+    hi_delta, lo_delta = out
+    if np.isnan(hi_delta) or np.isnan(lo_delta):   # pre-periods outside Delta: no identified set
+        c = float(l @ b_post)
+        return c, c
+    return float(l @ b_post - hi_delta), float(l @ b_post - lo_delta)
+
+
+def _problems(inputs: EventInputs, restriction: str, m: float, l: np.ndarray,
+              post_moments_only: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """The polyhedra whose union is the restriction: ``(A, d, rows)`` each."""
+    n_pre, n_post = inputs.n_pre, inputs.n_post
+    if restriction == "smoothness":
+        A, d = sd_constraints(n_pre, n_post, m)
+        return [(A, d, _post_rows(A, n_pre, n_post, post_moments_only))]
+    out, seen = [], set()
+    for s in range(n_pre):
+        for positive in (True, False):
+            A = rm_constraints(n_pre, n_post, m, s, positive)
+            rows = _post_rows(A, n_pre, n_post, post_moments_only)
+            key = (A if rows is None else A[rows]).tobytes()
+            if key in seen:                         # e.g. Mbar = 0 with post moments only
+                continue
+            seen.add(key)
+            out.append((A, np.zeros(A.shape[0]), rows))
+    return out
+
+
+@dataclass
+class ConditionalSet:
+    """Tests of H0: l' tau_post = theta for each polyhedron of a restriction."""
+
+    tests: list[tuple[MomentProblem, float | None]]
+    alpha: float
+    kappa: float
+    polyhedra: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+    l: np.ndarray
+    n_pre: int
+
+    def with_beta(self, beta: np.ndarray) -> "ConditionalSet":
+        """The same tests for other estimates with the same covariance: the least-favourable
+        critical values depend only on the covariance, so Monte Carlo loops reuse them."""
+        tests = []
+        for (prob, cv), (A, d, rows) in zip(self.tests, self.polyhedra):
+            idx = np.arange(A.shape[0]) if rows is None else rows
+            tests.append((prob.with_y0((A @ beta - d)[idx]), cv))
+        return ConditionalSet(tests, self.alpha, self.kappa, self.polyhedra, self.l, self.n_pre)
+
+    def accepts(self, theta: float) -> bool:
+        """Whether ``theta`` is in the confidence set (accepted for some polyhedron)."""
+        return any(p.accept(np.array([theta]), self.alpha, cv, self.kappa)[0] for p, cv in self.tests)
+
+    def identified_set(self, inputs: EventInputs, l: np.ndarray) -> tuple[float, float]:
+        """The union's identified set at the estimates (sets the grid's span)."""
+        bounds = np.array([_identified_set(A, d, inputs, l) for A, d, _ in self.polyhedra])
+        return float(bounds[:, 0].min()), float(bounds[:, 1].max())
+
+
+def conditional_set(inputs: EventInputs, restriction: str, m: float, l: np.ndarray,
+                    alpha: float = 0.05, hybrid: bool = True, kappa: float | None = None,
+                    post_moments_only: bool = True, sims: int = 1000, seed: int = 0) -> ConditionalSet:
+    """Set up the ARP tests (with the least-favourable critical values when ``hybrid``)."""
+    check_choice("restriction", restriction, RESTRICTIONS)
+    if m < 0:
+        raise OptionError(f"{'M' if restriction == 'smoothness' else 'Mbar'}={m} must be >= 0")
+    if inputs.n_pre == 0 or (restriction == "smoothness" and inputs.n_pre < 1):
+        raise EstimationError(f"{restriction} bounds need pre-period coefficients")
+    kappa = alpha / 10 if kappa is None else float(kappa)
+    if hybrid and not 0 < kappa < alpha:
+        raise OptionError(f"kappa={kappa} must lie in (0, alpha={alpha})")
+    tests = []
+    polyhedra = _problems(inputs, restriction, m, l, post_moments_only)
+    for A, d, rows in polyhedra:
+        prob = problem_from_constraints(A, d, inputs.beta, inputs.sigma, inputs.n_pre, l, rows)
+        cv = (prob.least_favorable_cv(kappa, moment_draws(A, inputs.sigma, rows, sims, seed))
+              if hybrid else None)
+        tests.append((prob, cv))
+    return ConditionalSet(tests, alpha, kappa if hybrid else 0.0, polyhedra, l, inputs.n_pre)
+
+
+def conditional_interval(inputs: EventInputs, restriction: str, m: float, l: np.ndarray,
+                         alpha: float = 0.05, hybrid: bool = True, kappa: float | None = None,
+                         post_moments_only: bool = True, grid_points: int = 1000,
+                         refine: int = 3, sims: int = 1000, seed: int = 0) -> HonestInterval:
+    """Hull of the accepted values of ``l' tau_post`` on a grid spanning the identified
+    set +- 20 standard errors (as HonestDiD), each end point then refined ``refine`` times
+    by a 31-point sub-grid between the last rejected and first accepted points (so the
+    end is located to ``step / 32**refine``)."""
+    cs = conditional_set(inputs, restriction, m, l, alpha, hybrid, kappa, post_moments_only,
+                         sims, seed)
+    n_pre = inputs.n_pre
+    sd_theta = float(np.sqrt(l @ inputs.sigma[n_pre:, n_pre:] @ l))
+    id_lo, id_hi = cs.identified_set(inputs, l)
+    grid = np.linspace(id_lo - 20 * sd_theta, id_hi + 20 * sd_theta, int(grid_points))
+    accepted = [prob.accept(grid, alpha, cv, cs.kappa) for prob, cv in cs.tests]
+    acc = np.any(accepted, axis=0)
+    method = METHOD_LABEL["c-lf" if hybrid else "conditional"]
+    if not acc.any():
+        return HonestInterval(restriction, m, np.nan, np.nan, method + " (empty)")
+    i, j = np.flatnonzero(acc)[[0, -1]]
+
+    def edge(inside: float, outside: float, idx: int) -> float:
+        """Refine between an accepted and a rejected grid point with nested sub-grids,
+        testing only the polyhedra that accept the grid point (the one setting the end)."""
+        tests = [t for t, a in zip(cs.tests, accepted) if a[idx]]
+        for _ in range(refine):
+            sub = np.linspace(inside, outside, 33)[1:-1]
+            ok = np.any([p.accept(sub, alpha, cv, cs.kappa) for p, cv in tests], axis=0)
+            # the last accepted point walking from inside to outside
+            k = int(np.argmin(ok)) if not ok.all() else sub.size
+            inside = sub[k - 1] if k > 0 else inside
+            outside = sub[k] if k < sub.size else outside
+        return float(inside)
+
+    lower = edge(grid[i], grid[i - 1], i) if i > 0 else -np.inf
+    upper = edge(grid[j], grid[j + 1], j) if j < grid.size - 1 else np.inf
+    return HonestInterval(restriction, m, float(lower), float(upper), method)
+
+
+def honest_interval(inputs: EventInputs, restriction: str, m: float, l: np.ndarray,
+                    alpha: float = 0.05, method: str | None = None, **options) -> HonestInterval:
+    """One honest set for ``l' tau_post`` by the named method (see the module doc)."""
+    check_choice("restriction", restriction, RESTRICTIONS)
+    method = (method or DEFAULT_METHOD[restriction]).lower()
+    check_choice(f"method for {restriction}", method, METHODS[restriction])
+    if method == "flci":
+        return flci_smoothness(inputs, m, l, alpha)
+    if method == "bonferroni":
+        return bonferroni_relative_magnitudes(inputs, m, l, alpha)
+    return conditional_interval(inputs, restriction, m, l, alpha, hybrid=method == "c-lf", **options)
+
+
 def honest_intervals(est: Estimate, restriction: str = "smoothness",
                      grid: Sequence[float] | None = None, target: str | int = "average",
-                     alpha: float = 0.05) -> pd.DataFrame:
+                     alpha: float = 0.05, method: str | None = None, **options) -> pd.DataFrame:
     """Honest confidence sets across a grid of M (smoothness) or Mbar (relative magnitudes),
-    with the conventional interval as the first row."""
+    with the conventional interval as the first row.
+
+    ``method``: ``"flci"`` (default for smoothness), ``"c-lf"`` (default for relative
+    magnitudes), ``"conditional"``, or ``"bonferroni"`` (relative magnitudes only); the
+    conditional methods take ``options`` of :func:`conditional_interval`.
+    """
     check_choice("restriction", restriction, RESTRICTIONS)
     inputs = event_inputs(est)
     l = target_weights(inputs, target)
@@ -275,8 +479,7 @@ def honest_intervals(est: Estimate, restriction: str = "smoothness",
     rows = [{"restriction": "none (parallel trends)", "M": np.nan, "lower": center - z * sd_post,
              "upper": center + z * sd_post, "method": "conventional"}]
     for m in grid:
-        iv = (flci_smoothness(inputs, float(m), l, alpha) if restriction == "smoothness"
-              else bonferroni_relative_magnitudes(inputs, float(m), l, alpha))
+        iv = honest_interval(inputs, restriction, float(m), l, alpha, method, **options)
         rows.append({"restriction": restriction, "M": float(m), "lower": iv.lower,
                      "upper": iv.upper, "method": iv.method})
     out = pd.DataFrame(rows)
@@ -285,16 +488,24 @@ def honest_intervals(est: Estimate, restriction: str = "smoothness",
 
 
 def breakdown(est: Estimate, restriction: str = "smoothness", target: str | int = "average",
-              alpha: float = 0.05, upper: float | None = None) -> float:
-    """Smallest M (or Mbar) at which the honest set includes zero (bisection); ``inf`` when
-    it never does below ``upper``, 0 when the conventional interval already does."""
+              alpha: float = 0.05, upper: float | None = None, method: str | None = None,
+              rtol: float = 1e-3, **options) -> float:
+    """Smallest M (or Mbar) at which the honest set includes zero, by bisection to a
+    relative tolerance ``rtol``; ``inf`` when it never does below ``upper``, 0 when the
+    conventional interval already does. For the conditional methods "includes zero"
+    means the test accepts a zero effect (the set is that of the accepted values)."""
     check_choice("restriction", restriction, RESTRICTIONS)
     inputs = event_inputs(est)
     l = target_weights(inputs, target)
-    fn = flci_smoothness if restriction == "smoothness" else bonferroni_relative_magnitudes
+    method = (method or DEFAULT_METHOD[restriction]).lower()
+    check_choice(f"method for {restriction}", method, METHODS[restriction])
 
     def has_zero(m: float) -> bool:
-        iv = fn(inputs, m, l, alpha)
+        if method in ("c-lf", "conditional"):
+            opts = {k: v for k, v in options.items() if k in ("kappa", "post_moments_only", "sims", "seed")}
+            return conditional_set(inputs, restriction, m, l, alpha, hybrid=method == "c-lf",
+                                   **opts).accepts(0.0)
+        iv = honest_interval(inputs, restriction, m, l, alpha, method, **options)
         return iv.lower <= 0 <= iv.upper
 
     if has_zero(0.0):
@@ -304,7 +515,7 @@ def breakdown(est: Estimate, restriction: str = "smoothness", target: str | int 
     if not has_zero(hi):
         return float("inf")
     lo = 0.0
-    for _ in range(40):
+    while hi - lo > rtol * hi:
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if has_zero(mid) else (mid, hi)
     return hi

@@ -48,7 +48,7 @@ def _precheck(argv: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .run import compose
+    from .run import check_experiment, compose
 
     flags = [a for a in argv if a.startswith("-")]
     if any(f in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--version",
@@ -81,6 +81,7 @@ def _precheck(argv: list[str]) -> None:
             else:
                 load_panel(file_spec(cfg))  # a bad file fails here, before any output
             build_estimators(cfg, list(cfg.experiment.outcomes))
+            check_experiment(cfg)
     except (HydraException, OmegaConfBaseException, DidlabError) as exc:
         fail(_one_line(exc))
 

@@ -195,7 +195,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[st
     """
     cfg = resolve_calibrated(cfg)
     kind = cfg.experiment.kind
-    check_choice("experiment.kind", kind, EXPERIMENT_KINDS)
+    check_experiment(cfg)
     out = Path(output_dir) if output_dir is not None else _hydra_output_dir()
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("report.md", "FAILED"):
@@ -206,6 +206,15 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[st
         (out / "FAILED").write_text(f"{type(exc).__name__}: {exc}\n")
         raise
     return result
+
+
+def check_experiment(cfg: DictConfig) -> None:
+    """Experiment options read only mid-run, checked before any output is written."""
+    check_choice("experiment.kind", cfg.experiment.kind, EXPERIMENT_KINDS)
+    if cfg.experiment.kind == "sensitivity":
+        from .sensitivity_run import check_options
+
+        check_options(cfg.experiment.sensitivity)
 
 
 def _hydra_output_dir() -> Path:

@@ -293,6 +293,10 @@ class SensitivityConf:
     m_grid: List[float] = field(default_factory=list)      # empty: a grid from the SEs
     mbar_grid: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0])
     alpha: float = 0.05
+    # Rambachan-Roth procedures: smoothness flci | c-lf | conditional;
+    # relative magnitudes c-lf | conditional | bonferroni (HonestDiD's defaults: flci, c-lf)
+    smoothness_method: str = "flci"
+    rm_method: str = "c-lf"
 
 
 @dataclass

@@ -38,6 +38,9 @@ def test_default_run_prints_table_and_writes_outputs(tmp_path):
     (["assignment=random", "assignment.n_pilots=40"], "assignment.n_pilots=40"),
     (["timing.year=2030"], "leave no pre- or post-treatment period"),
     (["-m", "timing=notice_2011,notice_2099"], "notice_2099"),
+    (["experiment=sensitivity", "experiment.sensitivity.rm_method=flci"],
+     "experiment.sensitivity.rm_method='flci' is not accepted"),
+    (["experiment=sensitivity", "experiment.sensitivity.mbar_grid=[-1]"], "mbar_grid"),
 ])
 def test_bad_values_one_line_exit_2(tmp_path, args, message):
     r = didlab(*args, f"hydra.run.dir={tmp_path}/run", cwd=ROOT)
