@@ -194,26 +194,52 @@ def truncnorm_quantile(p: float | np.ndarray, lo: float | np.ndarray, hi: float 
     return float(out) if out.ndim == 0 else out
 
 
-def enumerate_vertices(W: np.ndarray, max_bases: int = 200_000) -> np.ndarray | None:
-    """Every vertex of ``P = {g >= 0, W'g = e1}`` (rows), or None when there are more than
-    ``max_bases`` candidate bases. A vertex is a basic feasible solution: ``k + 1`` rows
-    ``B`` with ``W_B`` invertible and ``g_B = W_B^-T e1 >= 0``."""
-    m, r = W.shape
-    if math.comb(m, r) > max_bases:
+_RAYS: dict[bytes, np.ndarray | None] = {}
+
+
+def extreme_rays(X: np.ndarray, max_bases: int = 200_000) -> np.ndarray | None:
+    """Extreme rays of the cone ``{g >= 0, X'g = 0}`` (rows, unit sum), or None when there
+    are more than ``max_bases`` candidate supports. A ray's support is ``k + 1`` rows ``B``
+    whose ``X_B`` has rank ``k``: the one-dimensional null space of ``X_B'``, kept when it
+    has one sign. Cached by ``X``: in Rambachan-Roth's problems ``X`` is the same for every
+    polyhedron of a restriction and every bound, only the moments' scales change."""
+    key = X.shape[1].to_bytes(4, "little") + np.ascontiguousarray(X).tobytes()
+    if key in _RAYS:
+        return _RAYS[key]
+    m, k = X.shape
+    if math.comb(m, k + 1) > max_bases:
+        _RAYS[key] = None
         return None
-    combos = np.array(list(itertools.combinations(range(m), r)), dtype=int)
-    WB = W[combos]                                           # (n, r, r)
-    scale = np.prod(np.linalg.norm(WB, axis=2), axis=1)      # Hadamard bound on |det|
-    det = np.linalg.det(WB)
-    ok = np.abs(det) > 1e-10 * scale
-    combos, WB = combos[ok], WB[ok]
-    e1 = np.zeros((combos.shape[0], r, 1))
-    e1[:, 0, 0] = 1.0
-    g = np.linalg.solve(np.transpose(WB, (0, 2, 1)), e1)[:, :, 0]
-    feasible = (g >= -1e-10).all(axis=1)
-    G = np.zeros((int(feasible.sum()), m))
-    np.put_along_axis(G, combos[feasible], np.clip(g[feasible], 0.0, None), axis=1)
-    return np.unique(np.round(G, 12), axis=0)
+    if k == 0:
+        rays = np.eye(m)
+    else:
+        combos = np.array(list(itertools.combinations(range(m), k + 1)), dtype=int)
+        XBt = np.transpose(X[combos], (0, 2, 1))                  # (n, k, k + 1)
+        _, sv, vh = np.linalg.svd(XBt, full_matrices=True)
+        scale = np.maximum(sv[:, 0], 1e-300)
+        full_rank = sv[:, -1] > 1e-10 * scale
+        r = vh[full_rank, -1, :]                                  # null vectors
+        combos = combos[full_rank]
+        r = r * np.where(r.sum(axis=1) < 0, -1.0, 1.0)[:, None]
+        one_sign = (r >= -1e-10 * np.abs(r).max(axis=1, keepdims=True)).all(axis=1)
+        rays = np.zeros((int(one_sign.sum()), m))
+        np.put_along_axis(rays, combos[one_sign], np.clip(r[one_sign], 0.0, None), axis=1)
+        rays = rays / rays.sum(axis=1, keepdims=True)
+        rays = np.unique(np.round(rays, 12), axis=0)
+    if len(_RAYS) > 64:                                           # a small, bounded cache
+        _RAYS.clear()
+    _RAYS[key] = rays
+    return rays
+
+
+def enumerate_vertices(W: np.ndarray, max_bases: int = 200_000) -> np.ndarray | None:
+    """Every vertex of ``P = {g >= 0, W'g = e1}`` with ``W = [sd, X]`` and ``sd > 0``
+    (rows), or None when there are too many candidate bases: the extreme rays of
+    ``{g >= 0, X'g = 0}`` scaled so that ``sd'g = 1``."""
+    rays = extreme_rays(W[:, 1:], max_bases)
+    if rays is None:
+        return None
+    return rays / (rays @ W[:, 0])[:, None]
 
 
 @dataclass
