@@ -381,7 +381,8 @@ def sensitivity_figure(table: pd.DataFrame, path: Path) -> Path:
             ax.set_xticklabels(["conv."] + [f"{v:.3g}" for v in m], rotation=30, fontsize=8)
             ax.set_xlabel("M (second differences)" if j == 0 else "Mbar (relative magnitude)")
             ax.set_ylabel("95% set for the average post effect")
-            ax.set_title(f"{label} on {outcome}: {restriction.replace('_', ' ')}", fontsize=10)
+            ax.set_title(f"{label} on {outcome}: {restriction.replace('_', ' ')} "
+                         f"({g['method'].iloc[-1]})", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
