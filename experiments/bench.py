@@ -330,6 +330,55 @@ def bench_mediation() -> list[dict[str, Any]]:
     return rows
 
 
+def bench_honest() -> list[dict[str, Any]]:
+    """C-LF relative-magnitude sets (4 values of Mbar) on the HonestDiD README's Medicaid
+    event study (5 pre, 2 post) and on the province event study (3 pre, 5 post), against
+    the ``honestdid`` port of R HonestDiD when it is installed (not a dependency: it pulls
+    in torch)."""
+    import importlib.util
+
+    from estimators.event_study import EventStudy
+    from estimators.sensitivity import conditional_interval, event_inputs
+
+    tests_data = Path(__file__).resolve().parent.parent / "tests" / "data" / "ehec_data.csv"
+    cases = []
+    if tests_data.exists():
+        raw = pd.read_csv(tests_data)
+        df = raw[(raw["year"] < 2016) & (raw["yexp2"].isna() | (raw["yexp2"] != 2015))]
+        p = pd.DataFrame({"unit": df["stfips"], "time": df["year"], "dins": df["dins"]})
+        p["cohort"] = np.where(df["yexp2"] == 2014, 2014, 0)
+        p["d"] = ((p["cohort"] > 0) & (p["time"] >= p["cohort"])).astype(int)
+        cases.append(("Medicaid (5 pre, 2 post)",
+                      EventStudy("dins", leads=None, lags=None, cluster="unit").fit(p)))
+    cases.append(("province (3 pre, 5 post)", EventStudy("lnce", leads=4, lags=4).fit(
+        draw_province(np.random.default_rng(7)))))
+    has_port = importlib.util.find_spec("honestdid") is not None
+    mbars = (0.5, 1.0, 1.5, 2.0)
+    rows = []
+    for name, fit in cases:
+        inp = event_inputs(fit)
+        l = np.eye(inp.n_post)[0]
+        t = timeit(lambda: [conditional_interval(inp, "relative_magnitudes", m, l) for m in mbars], 3)
+        rows.append({"what": f"C-LF, 4 Mbar values, {name}", "didlab_s": t})
+        if has_port:
+            import honestdid
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t0 = time.perf_counter()
+                try:
+                    for m in mbars:
+                        honestdid.computeConditionalCS_DeltaRM(inp.beta, inp.sigma, inp.n_pre,
+                                                              inp.n_post, l_vec=l, Mbar=m,
+                                                              hybrid_flag="LF")
+                except Exception as exc:  # the port fails on some designs; report it
+                    rows[-1]["honestdid_port_s"] = f"fails ({type(exc).__name__})"
+                    continue
+                rows[-1]["honestdid_port_s"] = time.perf_counter() - t0
+            rows[-1]["speedup"] = rows[-1]["honestdid_port_s"] / t
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="didlab-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller panels and fewer draws")
@@ -358,7 +407,8 @@ def main(argv: list[str] | None = None) -> None:
     results["callaway_santanna"] = cs
     print("\nCallaway-Sant'Anna, 1,000-draw multiplier bootstrap, 282x14 city panel")
     print(pd.DataFrame(cs).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    for name, fn, title in (("psm", bench_psm, "PSM-DID"), ("mediation", bench_mediation, "Mediation")):
+    for name, fn, title in (("psm", bench_psm, "PSM-DID"), ("mediation", bench_mediation, "Mediation"),
+                            ("honest", bench_honest, "Honest sets (Rambachan-Roth C-LF)")):
         rows = fn()
         results[name] = rows
         print(f"\n{title}")
