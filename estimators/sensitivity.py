@@ -19,8 +19,8 @@ Implemented procedures (stated, since Rambachan and Roth offer several):
   largest (and its sign) of polyhedra ``A delta <= 0``; each is tested by the Andrews-Roth-
   Pakes conditional test with nuisance parameters (:mod:`estimators.arp`) with the
   least-favourable first stage at ``kappa = alpha / 10`` (1,000 seeded draws), on a grid of
-  1,000 values of the target whose end points are then refined by bisection; the set is
-  the union's hull. Only the moments that involve post periods enter when there are
+  1,000 values of the target spanning the identified set +- 20 standard errors, whose end
+  points are then refined on nested sub-grids; the set reported is the union's hull. Only the moments that involve post periods enter when there are
   several post periods (HonestDiD's ``postPeriodMomentsOnly``). ``method="conditional"``
   drops the hybrid; ``method="bonferroni"`` keeps a fast, conservative interval (an upper
   bound on the largest pre-period difference plus a widened post-period interval).
