@@ -394,7 +394,7 @@ def conditional_set(inputs: EventInputs, restriction: str, m: float, l: np.ndarr
     check_choice("restriction", restriction, RESTRICTIONS)
     if m < 0:
         raise OptionError(f"{'M' if restriction == 'smoothness' else 'Mbar'}={m} must be >= 0")
-    if inputs.n_pre == 0 or (restriction == "smoothness" and inputs.n_pre < 1):
+    if inputs.n_pre == 0:
         raise EstimationError(f"{restriction} bounds need pre-period coefficients")
     kappa = alpha / 10 if kappa is None else float(kappa)
     if hybrid and not 0 < kappa < alpha:
@@ -448,12 +448,18 @@ def conditional_interval(inputs: EventInputs, restriction: str, m: float, l: np.
     return HonestInterval(restriction, m, float(lower), float(upper), method)
 
 
-def honest_interval(inputs: EventInputs, restriction: str, m: float, l: np.ndarray,
-                    alpha: float = 0.05, method: str | None = None, **options) -> HonestInterval:
-    """One honest set for ``l' tau_post`` by the named method (see the module doc)."""
+def resolve_method(restriction: str, method: str | None) -> str:
+    """The procedure for a restriction: its default when None, checked, lower case."""
     check_choice("restriction", restriction, RESTRICTIONS)
     method = (method or DEFAULT_METHOD[restriction]).lower()
     check_choice(f"method for {restriction}", method, METHODS[restriction])
+    return method
+
+
+def honest_interval(inputs: EventInputs, restriction: str, m: float, l: np.ndarray,
+                    alpha: float = 0.05, method: str | None = None, **options) -> HonestInterval:
+    """One honest set for ``l' tau_post`` by the named method (see the module doc)."""
+    method = resolve_method(restriction, method)
     if method == "flci":
         return flci_smoothness(inputs, m, l, alpha)
     if method == "bonferroni":
@@ -498,11 +504,9 @@ def breakdown(est: Estimate, restriction: str = "smoothness", target: str | int 
     relative tolerance ``rtol``; ``inf`` when it never does below ``upper``, 0 when the
     conventional interval already does. For the conditional methods "includes zero"
     means the test accepts a zero effect (the set is that of the accepted values)."""
-    check_choice("restriction", restriction, RESTRICTIONS)
+    method = resolve_method(restriction, method)
     inputs = event_inputs(est)
     l = target_weights(inputs, target)
-    method = (method or DEFAULT_METHOD[restriction]).lower()
-    check_choice(f"method for {restriction}", method, METHODS[restriction])
 
     def has_zero(m: float) -> bool:
         if method in ("c-lf", "conditional"):
