@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .panel import EstimationError
+from .panel import EstimationError, OptionError
 from .result import Estimate
 from .twfe import TWFE
 from .wide import to_wide
@@ -88,7 +88,14 @@ class BaconDecomposition:
         del t_n
         return out
 
-    def fit(self, panel: pd.DataFrame) -> Estimate:
+    def check(self) -> None:
+        """Goodman-Bacon has no option beyond the outcome (balanced panel, no controls)."""
+        if not isinstance(self.outcome, str) or not self.outcome:
+            raise OptionError(f"outcome={self.outcome!r} must name a column")
+
+    def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
+        """Decompose the TWFE coefficient; ``rng`` is not used."""
+        self.check()
         comps = self.decompose(panel)
         twfe = TWFE(self.outcome).fit(panel)
         total = float((comps["estimate"] * comps["weight"]).sum())

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from .panel import D, EstimationError, OptionError, check_choice
+from .catalog import renamed
+from .panel import D, EstimationError, OptionError, check_alpha, check_choice, check_count
 from .result import Estimate, critical_value
 from .wide import Wide, to_wide
 
@@ -277,6 +278,7 @@ def uniform_critical_value(z: np.ndarray, alpha: float) -> float:
     return float(np.quantile(np.nanmax(np.abs(z), axis=1), 1 - alpha, method="inverted_cdf"))
 
 
+@renamed(bootstrap=("n_boot", lambda old, new: (new or 999) if old else 0))
 @dataclass(frozen=True)
 class CallawaySantAnna:
     """Callaway and Sant'Anna (2021) staggered DID.
@@ -297,9 +299,13 @@ class CallawaySantAnna:
         ``terms``.
     anticipation
         Periods of anticipation.
-    bootstrap
-        Multiplier bootstrap (Mammen weights) for SEs and uniform bands; needs ``rng``.
-        ``False`` gives analytic influence-function SEs.
+    n_boot
+        Draws of the multiplier bootstrap (Mammen weights) for SEs and uniform bands; needs
+        ``rng``. ``0`` (default) gives analytic influence-function SEs. (Before: a
+        ``bootstrap`` flag beside ``n_boot``; ``bootstrap=True`` still works for one
+        release and means 999 draws unless ``n_boot`` says otherwise.)
+    alpha
+        Level of the intervals (pointwise, and the uniform band with the bootstrap).
 
     Notes
     -----
@@ -318,18 +324,30 @@ class CallawaySantAnna:
     method: str = "dr"
     aggregation: str = "simple"
     anticipation: int = 0
-    bootstrap: bool = False
-    n_boot: int = 999
+    n_boot: int = 0
     alpha: float = 0.05
     label: str = "callaway_santanna"
 
-    def group_time(self, panel: pd.DataFrame) -> GroupTime:
+    def check(self) -> None:
+        """Validate every option (see :mod:`estimators.catalog`)."""
         check_choice("control_group", self.control_group, CONTROL_GROUPS)
         check_choice("base_period", self.base_period, BASE_PERIODS)
         check_choice("method", self.method, METHODS)
         check_choice("aggregation", self.aggregation, AGGREGATIONS)
-        if self.anticipation < 0:
-            raise OptionError(f"anticipation={self.anticipation} must be >= 0")
+        if not isinstance(self.anticipation, (int, np.integer)) or self.anticipation < 0:
+            raise OptionError(f"anticipation={self.anticipation!r} must be an integer >= 0")
+        check_count("n_boot", self.n_boot, 0)
+        check_alpha(self.alpha)
+        if self.outcome in tuple(self.covariates):
+            raise OptionError(f"covariates {list(self.covariates)} must not include the outcome")
+
+    @property
+    def bootstrap(self) -> bool:
+        """Whether the multiplier bootstrap gives the SEs (``n_boot > 0``)."""
+        return self.n_boot > 0
+
+    def group_time(self, panel: pd.DataFrame) -> GroupTime:
+        self.check()
         w = to_wide(panel, self.outcome, tuple(self.covariates), "Callaway-Sant'Anna")
         return group_time(w, self.control_group, self.base_period, self.anticipation,
                           self.method, tuple(self.covariates))
@@ -337,7 +355,8 @@ class CallawaySantAnna:
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         gt = self.group_time(panel)
         if self.bootstrap and rng is None:
-            raise OptionError("bootstrap=True needs a generator: fit(panel, rng=...)")
+            raise OptionError(f"n_boot={self.n_boot} (the multiplier bootstrap) needs a "
+                              "generator: fit(panel, rng=...)")
         frames = []
         overall: dict[str, tuple[float, np.ndarray]] = {}
         for kind in AGGREGATIONS:

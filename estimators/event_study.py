@@ -10,9 +10,9 @@ import pandas as pd
 from scipy import special
 
 from .design import event_time, fe_arrays
-from .panel import UNIT, EstimationError, OptionError, check_panel
+from .panel import EstimationError, OptionError, check_panel
 from .result import Estimate, critical_value, p_value
-from .twfe import check_inference_options, describe_inference, fit_fe
+from .regression import InferenceOptions, fit_fe
 
 
 def event_dummies(
@@ -46,7 +46,7 @@ def event_dummies(
 
 
 @dataclass(frozen=True)
-class EventStudy:
+class EventStudy(InferenceOptions):
     """Dynamic two-way fixed-effects regression (event study).
 
     ``y_it = a_i + l_t + sum_{k != ref} b_k 1[t - g_i = k] + x_it'c + e_it``
@@ -64,7 +64,8 @@ class EventStudy:
         Bin event times beyond the window into the end dummies (default) or drop those
         treated observations.
     cluster, se, ssc, dist, alpha
-        Inference, as in :class:`estimators.twfe.TWFE`.
+        Inference, keyword only (:class:`~estimators.regression.InferenceOptions`, as in
+        :class:`estimators.twfe.TWFE`).
 
     Notes
     -----
@@ -82,17 +83,22 @@ class EventStudy:
     lags: int | None = 5
     ref: int = -1
     bin_endpoints: bool = True
-    cluster: str | None = UNIT
-    se: str = "cluster"
-    ssc: str = "stata"
-    dist: str = "t"
-    alpha: float = 0.05
     label: str = "event_study"
 
-    def _window(self, panel: pd.DataFrame) -> tuple[np.ndarray, int, int]:
+    def check(self) -> None:
+        """Validate every option (see :mod:`estimators.catalog`)."""
+        self.check_inference()
         for name, v in (("leads", self.leads), ("lags", self.lags)):
             if v is not None and (not isinstance(v, (int, np.integer)) or v < 0):
                 raise OptionError(f"{name}={v!r} must be a non-negative integer or None")
+        if self.ref >= 0:
+            raise OptionError(f"ref={self.ref} must be a pre-treatment event time (negative)")
+        if self.leads is not None and self.ref < -self.leads:
+            raise OptionError(f"ref={self.ref} lies outside the event window "
+                              f"[-{self.leads}, {self.lags}]")
+
+    def _window(self, panel: pd.DataFrame) -> tuple[np.ndarray, int, int]:
+        self.check()
         rel = event_time(panel)
         observed = rel[~np.isnan(rel)]
         if observed.size == 0:
@@ -124,9 +130,10 @@ class EventStudy:
         out["ATT_post"] = float(np.nanmean(post))
         return out
 
-    def fit(self, panel: pd.DataFrame) -> Estimate:
-        cluster = self.cluster if self.se == "cluster" else None
-        check_inference_options(self.se, self.ssc, self.dist, cluster, self.alpha)
+    def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
+        """Estimate the event study on ``panel``; ``rng`` is not used."""
+        self.check()
+        cluster = self.cluster_column
         _, unit, time, arrays = check_panel(panel, (self.outcome,), tuple(self.controls))
         rel, leads, lags = self._window(panel)
         cols, times, keep = event_dummies(rel, leads, lags, self.ref, self.bin_endpoints)
@@ -195,7 +202,7 @@ class EventStudy:
             n_obs=res.dof.n_obs,
             n_units=res.dof.n_units,
             n_clusters=res.dof.n_clusters,
-            inference=describe_inference(self.se, self.ssc, self.dist, cluster, res.df),
+            inference=self.describe_inference(res.df),
             terms=terms,
             diagnostics=diagnostics,
             notes=tuple(notes),

@@ -11,9 +11,9 @@ import pandas as pd
 from scipy import special
 
 from .design import fe_arrays
-from .panel import D, UNIT, EstimationError, PanelError, check_panel
+from .panel import D, UNIT, EstimationError, OptionError, PanelError, check_panel
 from .result import Estimate, critical_value, p_value, terms_frame
-from .twfe import check_inference_options, describe_inference, fit_fe
+from .regression import InferenceOptions, fit_fe
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -30,7 +30,7 @@ def holm(p: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Heterogeneity:
+class Heterogeneity(InferenceOptions):
     """Effects by subgroup from one two-way fixed-effects regression.
 
     ``y_it = a_i + l_t + sum_k tau_k d_it 1[g_i = k] + x_it'b + e_it`` for a unit-level
@@ -39,17 +39,13 @@ class Heterogeneity:
     K - 1 and G - 1 degrees of freedom under ``dist="t"``, as Stata's ``test``); each
     group's own test is reported with Holm-adjusted p-values, since cutting many groups
     multiplies false discoveries. The headline is the gap between the last and the first
-    group (levels sorted).
+    group (levels sorted). The inference options ``cluster``, ``se``, ``ssc``, ``dist`` and
+    ``alpha`` are keyword only (:class:`~estimators.regression.InferenceOptions`).
     """
 
     outcome: str
     by: str = "developed"
     controls: Sequence[str] = ()
-    cluster: str | None = UNIT
-    se: str = "cluster"
-    ssc: str = "stata"
-    dist: str = "t"
-    alpha: float = 0.05
     label: str = "heterogeneity"
 
     def _groups(self, panel: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -68,9 +64,19 @@ class Heterogeneity:
                                   f"{self.by!r}; heterogeneity needs at least two")
         return values, levels[np.isin(levels, treated_levels)]
 
-    def fit(self, panel: pd.DataFrame) -> Estimate:
-        cluster = self.cluster if self.se == "cluster" else None
-        check_inference_options(self.se, self.ssc, self.dist, cluster, self.alpha)
+    def check(self) -> None:
+        """Validate every option (see :mod:`estimators.catalog`)."""
+        self.check_inference()
+        if not isinstance(self.by, str) or not self.by:
+            raise OptionError(f"by={self.by!r} must name a unit-level column")
+        if self.outcome in tuple(self.controls) or self.by in tuple(self.controls):
+            raise OptionError(f"controls {list(self.controls)} must not include the outcome "
+                              f"or the split column {self.by!r}")
+
+    def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
+        """Estimate the effects by subgroup; ``rng`` is not used."""
+        self.check()
+        cluster = self.cluster_column
         _, unit, time, arrays = check_panel(panel, (self.outcome,), tuple(self.controls))
         values, levels = self._groups(panel)
         d = arrays[D]
@@ -106,7 +112,7 @@ class Heterogeneity:
             estimator=self.label, term="gap", estimate=gap, std_error=gap_se, p_value=gap_p,
             conf_low=gap - crit * gap_se, conf_high=gap + crit * gap_se, alpha=self.alpha,
             n_obs=res.dof.n_obs, n_units=res.dof.n_units, n_clusters=res.dof.n_clusters,
-            inference=describe_inference(self.se, self.ssc, self.dist, cluster, res.df),
+            inference=self.describe_inference(res.df),
             terms=terms,
             diagnostics={"equality_F": wald, "equality_p": p_eq, "n_groups": float(k)},
             notes=(f"gap = effect in {self.by}={levels[-1]} minus effect in {self.by}={levels[0]}",),

@@ -10,9 +10,9 @@ import pandas as pd
 from scipy import special
 
 from .design import codes_of, event_time, fe_arrays
-from .panel import COHORT, D, UNIT, EstimationError, OptionError, check_panel
+from .panel import COHORT, D, UNIT, EstimationError, OptionError, check_alpha, check_count, check_panel
 from .result import Estimate, critical_value, p_value
-from .twfe import fit_fe
+from .regression import fit_fe
 
 
 def _fe_design(unit: np.ndarray, time: np.ndarray, n_units: int, n_periods: int,
@@ -53,9 +53,17 @@ class Imputation:
     alpha: float = 0.05
     label: str = "imputation"
 
-    def fit(self, panel: pd.DataFrame) -> Estimate:
-        if self.pretrend_leads < 0:
-            raise OptionError(f"pretrend_leads={self.pretrend_leads} must be >= 0")
+    def check(self) -> None:
+        """Validate every option (see :mod:`estimators.catalog`)."""
+        check_count("pretrend_leads", self.pretrend_leads, 0)
+        check_count("horizons", self.horizons, 0, optional=True)
+        check_alpha(self.alpha)
+        if self.outcome in tuple(self.controls):
+            raise OptionError(f"controls {list(self.controls)} must not include the outcome")
+
+    def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
+        """Estimate the imputation ATT and event-time effects; ``rng`` is not used."""
+        self.check()
         _, unit, time, arrays = check_panel(panel, (self.outcome,), tuple(self.controls))
         n_units, n_periods = int(unit.max()) + 1, int(time.max()) + 1
         y = arrays[self.outcome]

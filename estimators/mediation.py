@@ -19,7 +19,7 @@ resampled panel (duplicated units counted as distinct units) only needs each uni
 cross-product matrix and its period profile, so every draw's Gram matrix -- and every
 equation's coefficients -- come from two matrix products (:func:`bootstrap_grams`). A
 test pins it to the reference path, which rebuilds each resampled panel and refits
-:func:`~estimators.twfe.fit_fe` on it.
+:func:`~estimators.regression.fit_fe` on it.
 
 :func:`stepwise_ols`, :func:`sobel_se`, :func:`aroian_se` and :func:`mediation_shares` work
 on cross-sections too (plain OLS with an intercept, no fixed effects).
@@ -40,7 +40,8 @@ from .panel import (COHORT, D, TIME, UNIT, DidlabError, EstimationError, OptionE
                     PanelError, check_choice, check_panel)
 from .result import Estimate, critical_value, p_value
 from .resample import draw_units
-from .twfe import FEResult, check_inference_options, describe_inference, fit_fe
+from .regression import FEResult, InferenceOptions, fit_fe
+from .catalog import renamed
 
 EQUATIONS = ("separate", "joint")
 BOOTSTRAPS = ("cluster", "stratified", "none")
@@ -370,8 +371,17 @@ class MediationRun:
     draws: pd.DataFrame
 
 
+def _old_bootstrap(old: str, n_boot: int | None) -> dict[str, Any]:
+    """``bootstrap="cluster"|"stratified"|"none"`` (before the shared vocabulary)."""
+    check_choice("bootstrap", old, BOOTSTRAPS)
+    if old == "none":
+        return {"n_boot": 0}
+    return {"stratify": old == "stratified", **({"n_boot": n_boot} if n_boot else {})}
+
+
+@renamed(lags="mediator_lags", ci="boot_ci", bootstrap=("stratify", _old_bootstrap))
 @dataclass(frozen=True)
-class Mediation:
+class Mediation(InferenceOptions):
     """Stepwise (Baron-Kenny) mediation with unit and period fixed effects.
 
     Parameters
@@ -380,31 +390,35 @@ class Mediation:
         Outcome column ``Y``.
     mediators
         Mediator columns ``M`` (default ``("lnes",)``: seed 002 Table 6's energy structure).
-    lags
+    mediator_lags
         Periods each mediator is lagged within unit: one integer for all, or one per
-        mediator (seed 002: ``mediators=("lnes", "lntech", "lnis2"), lags=(0, 2, 2)``).
-        Rows without a lagged value are dropped; ``notes`` says how many.
+        mediator (seed 002: ``mediators=("lnes", "lntech", "lnis2"),
+        mediator_lags=(0, 2, 2)``). Rows without a lagged value are dropped; ``notes`` says
+        how many. (Before: ``lags``.)
     controls
         Covariates in every equation. A mediator may not also be a control at lag 0.
     equations
         ``"separate"`` (default; one ``b`` equation per mediator, as Tables 6-8 do, each on
         the sample its lag allows) or ``"joint"`` (one ``b`` equation with all mediators,
         every equation on the sample where all lags exist).
-    bootstrap
-        ``"cluster"`` (default: resample units with replacement), ``"stratified"``
-        (resample within cohorts, keeping the number of treated units) or ``"none"``
-        (Sobel normal intervals for the indirect effects).
     n_boot
-        Bootstrap draws.
-    ci
+        Cluster-bootstrap draws (default 999); ``0`` gives Sobel normal intervals for the
+        indirect effects instead.
+    stratify
+        Resample units within cohorts, keeping the number of treated units (default
+        ``False``: resample units with replacement). (Before: ``bootstrap="cluster"``,
+        ``"stratified"`` or ``"none"``, which still work for one release.)
+    boot_ci
         Bootstrap interval: ``"percentile"`` (default) or ``"bc"`` (bias-corrected).
+        (Before: ``ci``.)
     headline
         ``"indirect"`` (default: the sum of ``a*b`` over the mediators) or a mediator label
         (``"lnes"``, ``"L2.lntech"``) for that mediator's ``a*b``.
     cluster, se, ssc, dist
-        Inference for the path coefficients ``a, b, c, c'``, as :class:`~estimators.twfe.TWFE`.
+        Inference for the path coefficients ``a, b, c, c'``, as :class:`~estimators.twfe.TWFE`
+        (keyword only, from :class:`~estimators.regression.InferenceOptions`).
     alpha
-        Significance level of every interval.
+        Significance level of every interval (keyword only).
     fast
         Use the vectorised bootstrap (identical draws and numbers, pinned by a test);
         ``False`` refits every equation on every resampled panel.
@@ -453,43 +467,47 @@ class Mediation:
 
     outcome: str
     mediators: Sequence[str] = ("lnes",)
-    lags: int | Sequence[int] = 0
+    mediator_lags: Sequence[int] = (0,)
     controls: Sequence[str] = ()
     equations: str = "separate"
-    bootstrap: str = "cluster"
     n_boot: int = 999
-    ci: str = "percentile"
+    stratify: bool = False
+    boot_ci: str = "percentile"
     headline: str = "indirect"
-    cluster: str | None = UNIT
-    se: str = "cluster"
-    ssc: str = "stata"
-    dist: str = "t"
-    alpha: float = 0.05
     fast: bool = True
     label: str = "mediation"
 
     # --- options ------------------------------------------------------------------------
 
+    @property
+    def bootstrap(self) -> str:
+        """The resampling scheme: ``"cluster"``, ``"stratified"`` or ``"none"`` (n_boot 0)."""
+        return "none" if self.n_boot == 0 else "stratified" if self.stratify else "cluster"
+
+    def check(self) -> None:
+        """Validate every option (see :mod:`estimators.catalog`)."""
+        self._spec()
+
     def _spec(self) -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...], tuple[str, ...]]:
         """Checked (mediators, lags, labels, controls)."""
         check_choice("equations", self.equations, EQUATIONS)
-        check_choice("bootstrap", self.bootstrap, BOOTSTRAPS)
-        check_choice("ci", self.ci, CIS)
-        cluster = self.cluster if self.se == "cluster" else None
-        check_inference_options(self.se, self.ssc, self.dist, cluster, self.alpha)
+        check_choice("boot_ci", self.boot_ci, CIS)
+        self.check_inference()
         mediators = (self.mediators,) if isinstance(self.mediators, str) else tuple(self.mediators)
         if not mediators:
             raise OptionError("mediators must name at least one column, e.g. mediators=('lnes',)")
-        if isinstance(self.lags, (int, np.integer)):
-            lags = (int(self.lags),) * len(mediators)
+        if isinstance(self.mediator_lags, (int, np.integer)):
+            lags = (int(self.mediator_lags),) * len(mediators)
         else:
-            lags = tuple(self.lags)
+            lags = tuple(self.mediator_lags)
+            if len(lags) == 1 and len(mediators) > 1:
+                lags = lags * len(mediators)
             if len(lags) != len(mediators):
-                raise OptionError(f"lags={list(lags)} must give one lag per mediator "
-                                  f"{list(mediators)} (or one integer for all)")
+                raise OptionError(f"mediator_lags={list(lags)} must give one lag per mediator "
+                                  f"{list(mediators)} (or one for all)")
         for k in lags:
             if not isinstance(k, (int, np.integer)) or k < 0:
-                raise OptionError(f"lags={list(lags)}: each lag must be an integer >= 0")
+                raise OptionError(f"mediator_lags={list(lags)}: each lag must be an integer >= 0")
         lags = tuple(int(k) for k in lags)
         labels = tuple(mediator_label(m, k) for m, k in zip(mediators, lags))
         if len(set(labels)) != len(labels):
@@ -506,8 +524,10 @@ class Mediation:
         if self.headline != "indirect" and self.headline not in labels:
             shown = ", ".join(repr(x) for x in ("indirect", *labels))
             raise OptionError(f"headline={self.headline!r} is not accepted; use one of {shown}")
-        if self.bootstrap != "none" and (not isinstance(self.n_boot, (int, np.integer)) or self.n_boot < 2):
-            raise OptionError(f"n_boot={self.n_boot!r} must be an integer >= 2")
+        if (not isinstance(self.n_boot, (int, np.integer)) or isinstance(self.n_boot, bool)
+                or self.n_boot < 0 or self.n_boot == 1):
+            raise OptionError(f"n_boot={self.n_boot!r} must be 0 (Sobel intervals) or an "
+                              "integer >= 2")
         return mediators, lags, labels, controls
 
     # --- samples --------------------------------------------------------------------------
@@ -518,7 +538,7 @@ class Mediation:
         _, unit, tcode, arrays = check_panel(panel, outcomes=(self.outcome,),
                                              covariates=(*mediators, *controls))
         time = arrays[TIME].astype(np.int64)
-        cluster = self.cluster if self.se == "cluster" else None
+        cluster = self.cluster_column
         if cluster is not None and cluster not in panel.columns:
             raise PanelError(f"cluster column {cluster!r} is not in the panel; "
                              f"columns: {list(panel.columns)[:20]}")
@@ -580,7 +600,7 @@ class Mediation:
         """Fit, bootstrap, and keep the bootstrap draws beside the estimate."""
         mediators, lags, labels, controls = self._spec()
         if self.bootstrap != "none" and rng is None:
-            raise OptionError(f"bootstrap={self.bootstrap!r} needs a generator: "
+            raise OptionError(f"n_boot={self.n_boot} (the cluster bootstrap) needs a generator: "
                               "fit(panel, rng=numpy.random.default_rng(...)), or bootstrap='none'")
         paths, blocks, unit = self._point(panel)
         terms = self._term_names(labels, blocks)
@@ -708,7 +728,7 @@ class Mediation:
 
     def slow_draws(self, panel: pd.DataFrame, units: np.ndarray) -> dict[str, np.ndarray]:
         """The reference path: rebuild each resampled panel (slot ``j`` = unit ``j``) and
-        refit every equation with :func:`~estimators.twfe.fit_fe`."""
+        refit every equation with :func:`~estimators.regression.fit_fe`."""
         all_units = np.unique(panel[UNIT].to_numpy())
         ucode = np.searchsorted(all_units, panel[UNIT].to_numpy())
         order = np.argsort(ucode, kind="stable")
@@ -779,9 +799,7 @@ class Mediation:
             "term", "estimate", "std_error", "statistic", "p_value", "conf_low", "conf_high",
             "path", "mediator", "n_obs", "inference", "boot_se", "boot_low", "boot_high",
             "sobel_se", "aroian_se", "classification")}
-        path_inf = describe_inference(self.se, self.ssc, self.dist,
-                                      self.cluster if self.se == "cluster" else None,
-                                      next(iter(paths.values()))[2])
+        path_inf = self.describe_inference(next(iter(paths.values()))[2])
         boot_inf = self._boot_inference()
         n_failed = (int((~np.isfinite(np.column_stack(list(boot.values())))).any(axis=1).sum())
                     if has_boot else 0)
@@ -794,7 +812,7 @@ class Mediation:
             bd = boot[t]
             bfin = bd[np.isfinite(bd)]
             bse = float(bfin.std(ddof=1)) if bfin.size > 1 else float("nan")
-            blo, bhi = bootstrap_interval(bfin, est, alpha, self.ci) if has_boot else (np.nan, np.nan)
+            blo, bhi = bootstrap_interval(bfin, est, alpha, self.boot_ci) if has_boot else (np.nan, np.nan)
             kind = t.split("[")[0]
             lab = t[t.index("[") + 1:-1] if "[" in t else ""
             n_obs = (block_of[lab].rows.size if lab in block_of
@@ -815,7 +833,7 @@ class Mediation:
                 else:  # the sum: Sobel variance of a sum ignores the cross terms
                     sob = float(np.sqrt(sum(v**2 for v in sobel.values())))
                 if has_boot:
-                    row = (est, bse, est / bse, bootstrap_p_value(bfin, est, self.ci), blo, bhi, boot_inf)
+                    row = (est, bse, est / bse, bootstrap_p_value(bfin, est, self.boot_ci), blo, bhi, boot_inf)
                 else:
                     row = (est, sob, est / sob, float(p_value(est / sob, None)), est - z * sob,
                            est + z * sob, "sobel, normal")
@@ -886,14 +904,14 @@ class Mediation:
 
     def _boot_inference(self) -> str:
         what = "units within cohorts" if self.bootstrap == "stratified" else "units"
-        return f"cluster bootstrap ({self.n_boot} draws resampling {what}, {self.ci})"
+        return f"cluster bootstrap ({self.n_boot} draws resampling {what}, {self.boot_ci})"
 
 
 # --- cross-section path --------------------------------------------------------------------------
 
 def cross_section_arrays(data: pd.DataFrame, outcome: str, regressors: Sequence[str]) -> FEArrays:
     """Arrays of a plain OLS regression with an intercept (one unit, one period: the within
-    transform is demeaning), for :func:`~estimators.twfe.fit_fe`."""
+    transform is demeaning), for :func:`~estimators.regression.fit_fe`."""
     cols = [outcome, *regressors]
     missing = [c for c in cols if c not in data.columns]
     if missing:

@@ -9,7 +9,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .panel import COHORT, UNIT, EstimationError, OptionError, PanelError, check_choice
+from .catalog import renamed
+from .panel import (COHORT, UNIT, EstimationError, OptionError, PanelError, check_alpha, check_choice,
+                    check_count)
 from .resample import draw_units
 from .result import Estimate, critical_value, terms_frame
 
@@ -57,10 +59,11 @@ def decompose(y: np.ndarray, x: np.ndarray, group_a: np.ndarray, reference: str)
     }
 
 
+@renamed(group="by")
 @dataclass(frozen=True)
 class OaxacaBlinder:
     """Decompose the gap in ``outcome`` between group A (default: pilots, ``cohort > 0``;
-    or ``group`` = a 0/1 column) and group B into the part explained by different
+    or ``by`` = a 0/1 column; before: ``group``) and group B into the part explained by different
     covariates and the unexplained part (twofold, with a choice of reference coefficients),
     and into endowments, coefficients and interaction (threefold), with the contribution
     of every covariate. Observations are unit-periods, optionally restricted by ``sample``
@@ -73,25 +76,35 @@ class OaxacaBlinder:
 
     outcome: str
     covariates: Sequence[str] = ()
-    group: str | None = None
+    by: str | None = None
     reference: str = "pooled"
     sample: str | None = None
     n_boot: int = 499
     alpha: float = 0.05
     label: str = "oaxaca"
 
-    def _data(self, panel: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def check(self) -> None:
+        """Validate every option (see :mod:`estimators.catalog`)."""
         check_choice("reference", self.reference, REFERENCES)
+        check_count("n_boot", self.n_boot, 0)
+        check_alpha(self.alpha)
+        if self.outcome in tuple(self.covariates):
+            raise OptionError(f"covariates {list(self.covariates)} must not include the outcome")
+        if self.sample is not None and not isinstance(self.sample, str):
+            raise OptionError(f"sample={self.sample!r} must be a pandas query string or None")
+
+    def _data(self, panel: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        self.check()
         data = panel.query(self.sample) if self.sample else panel
         cols = [self.outcome, *self.covariates]
-        missing = [c for c in cols + ([self.group] if self.group else []) if c not in data.columns]
+        missing = [c for c in cols + ([self.by] if self.by else []) if c not in data.columns]
         if missing:
             raise PanelError(f"column {missing[0]!r} is not in the panel")
         if data[cols].isna().any().any():
             raise PanelError(f"missing values in {cols}")
         y = data[self.outcome].to_numpy(float)
         x = np.column_stack([np.ones(len(data))] + [data[c].to_numpy(float) for c in self.covariates])
-        grp = (data[self.group].to_numpy() == 1) if self.group else (data[COHORT].to_numpy() > 0)
+        grp = (data[self.by].to_numpy() == 1) if self.by else (data[COHORT].to_numpy() > 0)
         if grp.all() or not grp.any():
             raise EstimationError("both groups must be present in the sample")
         return y, x, grp, data[UNIT].to_numpy()
@@ -144,5 +157,5 @@ class OaxacaBlinder:
             diagnostics={"gap": float(parts["gap"][0]),
                          "share_explained": float(parts["explained"].sum() / parts["gap"][0])},
             notes=(f"reference coefficients: {self.reference}; group A = "
-                   f"{self.group + ' == 1' if self.group else 'pilots (cohort > 0)'}",),
+                   f"{self.by + ' == 1' if self.by else 'pilots (cohort > 0)'}",),
         )

@@ -60,6 +60,22 @@ def check_choice(name: str, value: object, allowed: Iterable[object]) -> None:
         raise OptionError(f"{name}={value!r} is not accepted; use one of {shown}")
 
 
+def check_alpha(alpha: float, name: str = "alpha") -> None:
+    """Raise :class:`OptionError` unless ``0 < alpha < 1``."""
+    if not isinstance(alpha, (int, float, np.floating)) or not 0 < alpha < 1:
+        raise OptionError(f"{name}={alpha!r} must lie strictly between 0 and 1")
+
+
+def check_count(name: str, value: object, minimum: int = 0, optional: bool = False) -> None:
+    """Raise :class:`OptionError` unless ``value`` is an integer >= ``minimum`` (or None
+    when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        extra = " or None" if optional else ""
+        raise OptionError(f"{name}={value!r} must be an integer >= {minimum}{extra}")
+
+
 @dataclass(frozen=True)
 class PanelInfo:
     """What :func:`validate_panel` learned about a panel (no data, only its shape)."""

@@ -26,9 +26,10 @@ import pandas as pd
 from .design import codes_of, fe_arrays
 from .fe import cluster_scores, ssc_factor, within_balanced, within_general
 from .panel import (COHORT, D, TIME, UNIT, EstimationError, OptionError, PanelError,
-                    check_choice, check_panel, treatment_from_cohort)
+                    check_choice, check_count, check_panel, treatment_from_cohort)
 from .result import Estimate
-from .twfe import TWFE, fit_fe
+from .regression import fit_fe
+from .twfe import TWFE
 
 STATISTICS = ("t", "coef")
 #: relative tolerance of the ">=" tie rule: |T_b| counts as extreme if it reaches
@@ -222,6 +223,10 @@ def randomization_p_value(actual: float, placebo: np.ndarray, exact: bool) -> tu
     return p, float(np.sqrt(p * (1 - p) / b))
 
 
+#: spellings of ``exact`` a config may use
+_EXACT = {"auto": "auto", "true": True, "false": False}
+
+
 @dataclass(frozen=True)
 class PlaceboDistribution:
     """What a randomization test produced, including the placebo distribution itself."""
@@ -289,22 +294,39 @@ class RandomizationInference:
             strata = codes_of(panel.groupby(UNIT, sort=True)[self.strata].first().to_numpy())[0]
         return units.index.to_numpy(), units.to_numpy().astype(np.int64), strata
 
+    @property
+    def exact_mode(self) -> bool | str:
+        """``exact`` as True, False or "auto" (configs may spell them as strings)."""
+        return _EXACT.get(str(self.exact).lower(), self.exact) if isinstance(self.exact, str) \
+            else self.exact
+
+    def check(self) -> None:
+        """Validate every option, and the base estimator's (see :mod:`estimators.catalog`)."""
+        check_choice("statistic", self.statistic, STATISTICS)
+        check_choice("exact", self.exact_mode, ("auto", True, False))
+        check_count("n_perm", self.n_perm, 1)
+        check_count("max_exact", self.max_exact, 1)
+        check_count("max_exact_generic", self.max_exact_generic, 1)
+        check_count("batch", self.batch, 1)
+        if not callable(getattr(self.base, "fit", None)):
+            raise OptionError(f"base={self.base!r} must be an estimator")
+        if callable(getattr(self.base, "check", None)):
+            self.base.check()
+
     def assignments(self, panel: pd.DataFrame, rng: np.random.Generator | None) -> tuple[np.ndarray, bool]:
         """The permuted assignments (rows: draws, columns: units sorted) and whether they
         are an exact enumeration."""
-        check_choice("statistic", self.statistic, STATISTICS)
-        check_choice("exact", self.exact, ("auto", True, False))
+        self.check()
         _, cohorts, strata = self._unit_table(panel)
         total = n_assignments(cohorts, strata)
         limit = self.max_exact if (self.fast and _fast_ok(self.base)) else self.max_exact_generic
-        exact = self.exact is True or (self.exact == "auto" and total <= limit)
+        mode = self.exact_mode
+        exact = mode is True or (mode == "auto" and total <= limit)
         if exact:
             if total > 5 * limit:
                 raise OptionError(f"exact enumeration of {total:,} assignments is too many; "
                                   f"set exact=False or raise max_exact")
             return enumerate_assignments(cohorts, strata), True
-        if self.n_perm < 1:
-            raise OptionError(f"n_perm={self.n_perm} must be >= 1")
         if rng is None:
             raise OptionError("random permutations need a generator: fit(panel, rng=...)")
         return draw_assignments(cohorts, self.n_perm, rng, strata), False

@@ -20,7 +20,7 @@ textbook estimates (e.g. R quantreg) rather than an iterative approximation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,8 @@ from scipy import sparse
 from scipy.optimize import linprog
 
 from .design import codes_of
-from .panel import COHORT, D, TIME, UNIT, EstimationError, OptionError, check_panel
+from .panel import (COHORT, D, TIME, UNIT, EstimationError, OptionError, check_alpha, check_count,
+                    check_panel)
 from .resample import draw_units
 from .result import Estimate, critical_value, terms_frame
 
@@ -54,6 +55,13 @@ def _check_quantiles(quantiles: Sequence[float]) -> tuple[float, ...]:
     if not qs or any(not 0 < q < 1 for q in qs):
         raise OptionError(f"quantiles={list(quantiles)} must be numbers strictly between 0 and 1")
     return qs
+
+
+def _check_common(est: Any) -> None:
+    """The options both quantile estimators share: quantiles, bootstrap draws, alpha."""
+    _check_quantiles(est.quantiles)
+    check_count("n_boot", est.n_boot, 0)
+    check_alpha(est.alpha)
 
 
 def _estimate(est: str, label: str, qs: tuple[float, ...], values: np.ndarray, boot: np.ndarray | None,
@@ -106,7 +114,14 @@ class QuantileDID:
         x[np.flatnonzero(m), off + time[m] - 1] = 1.0
         return panel[self.outcome].to_numpy(float), x
 
+    def check(self) -> None:
+        """Validate every option (see :mod:`estimators.catalog`)."""
+        _check_common(self)
+        if self.outcome in tuple(self.controls):
+            raise OptionError(f"controls {list(self.controls)} must not include the outcome")
+
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
+        self.check()
         qs = _check_quantiles(self.quantiles)
         check_panel(panel, (self.outcome,), tuple(self.controls))
         y, x = self._design(panel)
@@ -169,7 +184,12 @@ class ChangesInChanges:
         post = panel[TIME].to_numpy() >= cohorts[0]
         return treated, post, panel[self.outcome].to_numpy(float)
 
+    def check(self) -> None:
+        """Validate every option (see :mod:`estimators.catalog`)."""
+        _check_common(self)
+
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
+        self.check()
         qs = _check_quantiles(self.quantiles)
         check_panel(panel, (self.outcome,), ())
         g, t, y = self._cells(panel)

@@ -9,20 +9,26 @@ import numpy as np
 import pandas as pd
 
 from .design import event_time, fe_arrays
-from .panel import COHORT, UNIT, EstimationError, OptionError, check_choice, check_panel
+from .catalog import renamed
+from .panel import COHORT, EstimationError, OptionError, check_choice, check_panel
 from .result import Estimate, critical_value, p_value
-from .twfe import check_inference_options, describe_inference, fit_fe
+from .regression import InferenceOptions, fit_fe
 
-CONTROLS = ("never", "last")
+#: comparison groups: never-treated units, or the last-treated cohort (fixest's sunab
+#: default when there is no never-treated unit); R did's spelling
+CONTROL_GROUPS = ("nevertreated", "lasttreated")
+#: old spellings of control_group (one release)
+_OLD_CONTROL = {"never": "nevertreated", "last": "lasttreated"}
 
 
+@renamed(control=("control_group", lambda old, new: _OLD_CONTROL.get(old, old)))
 @dataclass(frozen=True)
-class SunAbraham:
+class SunAbraham(InferenceOptions):
     """Interaction-weighted (IW) event study of Sun and Abraham (2021).
 
     Regress the outcome on unit and period effects and a full set of cohort x relative-time
     indicators (reference ``ref``), estimated with a clean comparison cohort
-    (never-treated units, or the last-treated cohort when ``control="last"``; its
+    (never-treated units, or the last-treated cohort when ``control_group="lasttreated"``; its
     periods from its own treatment on are dropped). Each event-time effect is the average
     of the cohort-specific effects CATT(g, e) weighted by the cohorts' shares of the
     observations at that event time; the headline ``ATT`` weights every post-treatment
@@ -33,31 +39,33 @@ class SunAbraham:
     Identification: parallel trends between every treated cohort and the comparison
     cohort, no anticipation. Standard errors treat the cohort shares as fixed (as fixest's
     aggregation does) and use the cluster-robust covariance of the interaction
-    coefficients (``ssc`` as in :class:`~estimators.twfe.TWFE`).
+    coefficients (``ssc`` as in :class:`~estimators.twfe.TWFE`). The inference options
+    ``cluster``, ``se``, ``ssc``, ``dist`` and ``alpha`` are keyword only
+    (:class:`~estimators.regression.InferenceOptions`).
     """
 
     outcome: str
     controls: Sequence[str] = ()
-    control: str = "never"
+    control_group: str = "nevertreated"
     ref: int = -1
-    cluster: str | None = UNIT
-    se: str = "cluster"
-    ssc: str = "stata"
-    dist: str = "t"
-    alpha: float = 0.05
     label: str = "sun_abraham"
 
-    def fit(self, panel: pd.DataFrame) -> Estimate:
-        cluster = self.cluster if self.se == "cluster" else None
-        check_inference_options(self.se, self.ssc, self.dist, cluster, self.alpha)
-        check_choice("control", self.control, CONTROLS)
+    def check(self) -> None:
+        """Validate every option (see :mod:`estimators.catalog`)."""
+        self.check_inference()
+        check_choice("control_group", self.control_group, CONTROL_GROUPS)
         if self.ref >= 0:
             raise OptionError(f"ref={self.ref} must be a pre-treatment event time (negative)")
+
+    def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
+        """Estimate the interaction-weighted event study; ``rng`` is not used."""
+        self.check()
+        cluster = self.cluster_column
         check_panel(panel, (self.outcome,), tuple(self.controls))
         data = panel
         cohort = data[COHORT].to_numpy()
         notes = []
-        if self.control == "last" or not (cohort == 0).any():
+        if self.control_group == "lasttreated" or not (cohort == 0).any():
             last = cohort.max()
             if not (cohort == 0).any():
                 notes.append(f"no never-treated unit: the last cohort ({last}) is the comparison")
@@ -116,7 +124,7 @@ class SunAbraham:
             p_value=float(terms["p_value"].iloc[len(rows)]), conf_low=float(est[-1] - crit * se[-1]),
             conf_high=float(est[-1] + crit * se[-1]), alpha=self.alpha, n_obs=res.dof.n_obs,
             n_units=res.dof.n_units, n_clusters=res.dof.n_clusters,
-            inference=describe_inference(self.se, self.ssc, self.dist, cluster, res.df)
+            inference=self.describe_inference(res.df)
             + ", cohort shares fixed",
             terms=terms, diagnostics={"n_cells": float(len(cells))}, notes=tuple(notes),
             event_cov=pd.DataFrame(ev_cov, index=ev_names, columns=ev_names),

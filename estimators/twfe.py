@@ -1,4 +1,8 @@
-"""Two-way fixed-effects difference-in-differences."""
+"""Two-way fixed-effects difference-in-differences.
+
+The regression itself (:func:`~estimators.regression.fit_fe`) and the inference options
+(:class:`~estimators.regression.InferenceOptions`) live in :mod:`estimators.regression`.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +12,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .design import FEArrays, fe_arrays
-from .fe import DIST_TYPES, SE_TYPES, SSC_TYPES, OLSFit, Dof, ols_fe, reference_df, vcov
-from .panel import COHORT, D, TIME, UNIT, EstimationError, OptionError, check_choice
-from .result import Estimate, critical_value, p_value, terms_frame
+from .design import fe_arrays
+from .panel import COHORT, D, TIME, EstimationError, OptionError
+from .regression import InferenceOptions, fit_fe
+from .result import Estimate, critical_value, p_value
 
 #: columns the study (seed 002, Table 4) puts beside unit and year effects; a two-way
 #: fixed-effects model cannot identify them, and didlab says so instead of dropping them.
 PAPER_TERMS = ("policy", "post")
-
-
-def describe_inference(se: str, ssc: str, dist: str, cluster: str | None, df: float | None) -> str:
-    """One line saying how SEs and p-values were computed."""
-    kind = f"cluster({cluster})" if se == "cluster" else se
-    law = "normal" if df is None else f"t({df:g})"
-    return f"{kind}, ssc={ssc}, {law}"
-
-
-def check_inference_options(se: str, ssc: str, dist: str, cluster: str | None, alpha: float) -> None:
-    check_choice("se", se, SE_TYPES)
-    check_choice("ssc", ssc, SSC_TYPES)
-    check_choice("dist", dist, DIST_TYPES)
-    if se == "cluster" and not cluster:
-        raise OptionError("se='cluster' needs a cluster column (cluster='unit' by default)")
-    if not 0 < alpha < 1:
-        raise OptionError(f"alpha={alpha!r} must lie strictly between 0 and 1")
 
 
 def add_paper_terms(panel: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -46,59 +33,11 @@ def add_paper_terms(panel: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class FEResult:
-    """A fitted fixed-effects regression: all coefficients with one covariance convention."""
-
-    names: tuple[str, ...]            # every requested regressor
-    fit: OLSFit
-    cov: np.ndarray                   # over identified regressors
-    dof: Dof
-    df: float | None
-    r2_within: float
-    r2: float = float("nan")     # of the full dummy-variable regression (what papers print)
-
-    @property
-    def identified(self) -> tuple[str, ...]:
-        return tuple(n for n, k in zip(self.names, self.fit.keep) if k)
-
-    def index(self, name: str) -> int:
-        ids = self.identified
-        if name not in ids:
-            raise EstimationError(f"regressor {name!r} is not identified in this fit")
-        return ids.index(name)
-
-    def terms(self, alpha: float, **extra: object) -> pd.DataFrame:
-        """Tidy terms of every requested regressor (NaN where not identified)."""
-        est = np.full(len(self.names), np.nan)
-        se = np.full(len(self.names), np.nan)
-        est[self.fit.keep] = self.fit.coef
-        se[self.fit.keep] = np.sqrt(np.diag(self.cov))
-        if any(self.fit.reasons):  # say why, where something is not identified
-            extra = {"note": np.array(self.fit.reasons, dtype=object), **extra}
-        return terms_frame(list(self.names), est, se, alpha, self.df,
-                           identified=self.fit.keep, **extra)
-
-
-def fit_fe(arrays: FEArrays, se: str, ssc: str, dist: str) -> FEResult:
-    """Fit the two-way fixed-effects regression held in ``arrays``."""
-    yt, xt = arrays.within()
-    fit = ols_fe(yt, xt, arrays.x, arrays.weights, arrays.names)
-    dof = arrays.dof(int(fit.keep.sum()))
-    cov = vcov(fit, se, ssc, dof, arrays.clusters, arrays.weights)
-    df = reference_df(se, dist, dof)
-    w = arrays.weights
-    tss = float(yt @ (yt if w is None else yt * w))
-    rss = float(fit.resid @ (fit.resid if w is None else fit.resid * w))
-    r2 = 1 - rss / tss if tss > 0 else float("nan")
-    yc = arrays.y - (np.average(arrays.y, weights=w) if w is not None else arrays.y.mean())
-    tss_total = float(yc @ (yc if w is None else yc * w))
-    r2_full = 1 - rss / tss_total if tss_total > 0 else float("nan")
-    return FEResult(arrays.names, fit, cov, dof, df, r2, r2_full)
-
-
-@dataclass(frozen=True)
-class TWFE:
+class TWFE(InferenceOptions):
     """Two-way fixed-effects DID: ``y_it = a_i + l_t + tau d_it + x_it'b + e_it``.
+
+    The inference options ``cluster``, ``se``, ``ssc``, ``dist`` and ``alpha`` are keyword
+    only (:class:`~estimators.regression.InferenceOptions`).
 
     Parameters
     ----------
@@ -140,11 +79,6 @@ class TWFE:
 
     outcome: str
     controls: Sequence[str] = ()
-    cluster: str | None = UNIT
-    se: str = "cluster"
-    ssc: str = "stata"
-    dist: str = "t"
-    alpha: float = 0.05
     paper_terms: bool = False
     weights: str | None = None
     time_by: str | None = None
@@ -156,13 +90,18 @@ class TWFE:
         d = panel[D].to_numpy() == 1
         return {"ATT": float(te[d].mean())}
 
-    def fit(self, panel: pd.DataFrame) -> Estimate:
-        """Estimate the ATT on ``panel`` (see the class docstring)."""
-        cluster = self.cluster if self.se == "cluster" else None
-        check_inference_options(self.se, self.ssc, self.dist, cluster, self.alpha)
+    def check(self) -> None:
+        """Validate every option (see :mod:`estimators.catalog`)."""
+        self.check_inference()
         controls = tuple(self.controls)
         if D in controls or self.outcome in controls:
             raise OptionError(f"controls {list(controls)} must not include {D!r} or the outcome")
+
+    def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
+        """Estimate the ATT on ``panel`` (see the class docstring); ``rng`` is not used."""
+        self.check()
+        cluster = self.cluster_column
+        controls = tuple(self.controls)
         extra = add_paper_terms(panel) if self.paper_terms else None
         arrays = fe_arrays(panel, self.outcome, (D, *controls), cluster=cluster,
                            weights=self.weights, extra=extra, time_by=self.time_by)
@@ -189,7 +128,7 @@ class TWFE:
             n_obs=res.dof.n_obs,
             n_units=res.dof.n_units,
             n_clusters=res.dof.n_clusters,
-            inference=describe_inference(self.se, self.ssc, self.dist, cluster, res.df),
+            inference=self.describe_inference(res.df),
             terms=terms,
             diagnostics={"r2_within": res.r2_within, "r2": res.r2},
             notes=notes,

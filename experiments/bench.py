@@ -219,7 +219,7 @@ def bench_callaway_santanna(n_boot: int = 1000) -> list[dict[str, Any]]:
     from simulate.city import draw_city
 
     panel = draw_city(np.random.default_rng(0))
-    est = CallawaySantAnna("nqpf", bootstrap=True, n_boot=n_boot)
+    est = CallawaySantAnna("nqpf", n_boot=n_boot)
     ours = timeit(lambda: est.fit(panel, rng=np.random.default_rng(0)), 5)
     att = est.fit(panel, rng=np.random.default_rng(0)).estimate
     rows = [{"method": "didlab CallawaySantAnna (all four aggregations)", "seconds": ours,
@@ -270,7 +270,7 @@ def bench_psm() -> list[dict[str, Any]]:
     """Full PSM-DID (logit score, kernel matching, weighted DID, cluster SE) on the 30x19
     province panel and a 282x14 city panel, and its 499-draw bootstrap that re-estimates
     the score and the matching in every draw."""
-    from estimators.psm import PSMDID, PSMDIDWeighted
+    from estimators.psm_did import PSMDID, PSMDIDWeighted
     from simulate.city import draw_city
 
     province = draw_province(np.random.default_rng(0), assignment=_random_assignment())
@@ -281,7 +281,7 @@ def bench_psm() -> list[dict[str, Any]]:
         est = PSMDIDWeighted(outcome, covariates=cov, controls=cov)
         rows.append({"what": f"PSM-DID weighted, kernel, {name}",
                      "seconds": timeit(lambda: est.fit(panel), 20)})
-    boot = PSMDID("lnce", covariates=("lnpgdp", "lnes"), inference="bootstrap", n_boot=499)
+    boot = PSMDID("lnce", covariates=("lnpgdp", "lnes"), n_boot=499)
     rows.append({"what": "PSM-DID, 499-draw bootstrap (score + matching re-estimated), 30x19",
                  "seconds": timeit(lambda: boot.fit(province, rng=np.random.default_rng(0)), 3)})
     return rows
@@ -299,9 +299,9 @@ def bench_mediation() -> list[dict[str, Any]]:
     from estimators.mediation import Mediation
 
     panel = draw_province(np.random.default_rng(0))
-    kwargs = dict(mediators=("lnes", "lntech", "lnis2"), lags=(0, 2, 2),
+    kwargs = dict(mediators=("lnes", "lntech", "lnis2"), mediator_lags=(0, 2, 2),
                   controls=("lnpgdp", "lnpeople", "lnfdi"))
-    point = Mediation("lnce", bootstrap="none", **kwargs)
+    point = Mediation("lnce", n_boot=0, **kwargs)
     boot = Mediation("lnce", n_boot=999, **kwargs)
     rows = [{"what": "mediation, 3 mediators, point estimates", "seconds": timeit(lambda: point.fit(panel), 20)},
             {"what": "mediation, 999-draw cluster bootstrap (didlab)",

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from estimators import catalog
 from estimators.panel import OptionError, check_choice
 from simulate.city import CityDGP, draw_city
-from simulate.design import Assignment, Effect, Timing
+from simulate.design import Assignment, Effect, Timing, validate_design
 from simulate.province import ProvinceDGP, draw_province
 
-from .schema import REGISTRY
-
-#: estimator kind -> class (from the one registry in schema.py); labels in outputs are the
-#: config keys, kinds pick the class
-ESTIMATORS: dict[str, type] = {kind: cls for kind, (cls, _) in REGISTRY.items()}
 EXACT = {"auto": "auto", "true": True, "false": False}
 DATA_KINDS = ("province", "city", "file", "calibrated")
 #: data-config keys that describe how the data is used, not the simulator's parameters
@@ -41,26 +38,61 @@ def _fields(cls: type, values: Mapping[str, Any], where: str) -> dict[str, Any]:
     return dict(values)
 
 
+_WARNED: set[tuple[str, str]] = set()
+
+
+def estimator_options(entry: catalog.Entry, spec: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Constructor keywords of ``entry``'s class from a config node: unknown keys are
+    refused, sequences become tuples, old option names are mapped with a warning."""
+    values = dict(spec)
+    renamed = catalog.renamed_options(entry.cls)
+    for old, new in renamed.items():
+        value = values.pop(old, None)
+        if value is None:
+            continue
+        if (where, old) not in _WARNED:  # once per key and process, however often it is built
+            _WARNED.add((where, old))
+            warnings.warn(f"{where}.{old} is deprecated and will be removed in the next "
+                          f"release; use {where}.{new}", FutureWarning, stacklevel=2)
+        values[old] = value  # the class maps it (and converts old value conventions)
+    declared = {o.name: o for o in entry.options()}
+    allowed = set(declared) | set(renamed)
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise OptionError(f"{where}.{unknown[0]} is not an option of {entry.kind}; accepted: "
+                          f"{sorted(declared)}")
+    for key, value in list(values.items()):
+        opt = declared.get(key)
+        if isinstance(value, list) and (opt is None or catalog.is_sequence_type(opt.type)
+                                        or opt.type is Any):
+            values[key] = tuple(value)
+    return values
+
+
 def build_estimator(label: str, spec: Mapping[str, Any], outcome: str) -> Any:
-    """One estimator object for ``outcome`` from its config entry ``estimator.<label>``."""
+    """One checked estimator object for ``outcome`` from its config entry
+    ``estimator.<label>``: the class comes from the catalogue, every option is validated
+    (``check()``) before anything runs."""
     spec = dict(_plain(spec))
     kind = spec.pop("kind", None)
-    check_choice(f"estimator.{label}.kind", kind, tuple(ESTIMATORS))
-    cls = ESTIMATORS[kind]
-    for key in ("controls", "covariates", "mediators", "lags", "quantiles"):
-        if isinstance(spec.get(key), list):  # (event_study's lags is a number)
-            spec[key] = tuple(spec[key])
-    if isinstance(spec.get("baseline"), str) and spec["baseline"].isdigit():
-        spec["baseline"] = int(spec["baseline"])  # a baseline year given on the command line
-    if "base" in spec:  # a wrapper: build the estimator it wraps
-        spec["base"] = build_estimator(f"{label}.base", spec["base"], outcome)
-        if "exact" in spec:
-            check_choice(f"estimator.{label}.exact", str(spec["exact"]).lower(), tuple(EXACT))
-            spec["exact"] = EXACT[str(spec["exact"]).lower()]
-        kwargs = _fields(cls, spec, f"estimator.{label}")
-        return cls(label=label, **kwargs)
-    kwargs = _fields(cls, spec, f"estimator.{label}")
-    return cls(outcome=outcome, label=label, **kwargs)
+    check_choice(f"estimator.{label}.kind", kind, tuple(catalog.kinds()))
+    entry = catalog.entry(kind)
+    where = f"estimator.{label}"
+    with warnings.catch_warnings():
+        # the config path names the key itself (FutureWarning above); the class's own
+        # DeprecationWarning would repeat it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        values = estimator_options(entry, spec, where)
+        if entry.capabilities.wraps:  # a wrapper: build the estimator it wraps
+            values["base"] = build_estimator(f"{label}.base", values["base"], outcome)
+            est = entry.cls(label=label, **values)
+        else:
+            est = entry.cls(outcome=outcome, label=label, **values)
+    try:
+        est.check()
+    except OptionError as exc:
+        raise OptionError(f"{where}: {exc}") from None
+    return est
 
 
 def build_estimators(cfg: DictConfig, outcomes: list[str]) -> dict[tuple[str, str], Any]:
@@ -99,17 +131,13 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
     assignment = _dataclass(Assignment, cfg.assignment, "assignment")
     timing = _dataclass(Timing, cfg.timing, "timing")
     effect = _dataclass(Effect, cfg.effect, "effect")
-    # validate now: a bad value should stop the run before any worker starts
+    # validate now: a bad value should stop the run before any worker starts; a knob this
+    # simulator does not honour is refused, not ignored
     dgp.validate()
-    effect.validate()
-    timing.validate()
-    if effect.het_cohort != 0 and kind != "city":
-        raise OptionError("effect.het_cohort is used by the city panel (data=city) only")
+    validate_design(dgp, assignment, timing, effect)
     if kind != "province":
-        check_choice("assignment.kind", assignment.kind, ("actual", "random", "selected"))
         drawer = _draw_city if kind == "city" else _draw_calibrated
         return functools.partial(drawer, dgp, assignment, timing, effect)
-    assignment.validate(30)
     from simulate.mediators import Channel, validate_channels
 
     channels = tuple(Channel(**dict(c)) for c in _plain(cfg.data.get("channels", [])))

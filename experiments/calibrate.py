@@ -92,7 +92,7 @@ def calibrate(panel: pd.DataFrame, outcome: str, covariates: Sequence[str] = ())
 
     # --- outcome ----------------------------------------------------------------------
     from estimators.design import fe_arrays
-    from estimators.twfe import fit_fe
+    from estimators.regression import fit_fe
 
     beta = np.zeros(len(covariates))
     un = panel.loc[untreated]

@@ -33,10 +33,10 @@ def fail(message: str) -> None:
 # imported (the console script), and `conf/` deliberately is not one
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _app(cfg: DictConfig) -> None:
-    from .run import run
+    from .run import record_origin, run
 
     try:
-        run(cfg)
+        run(record_origin(cfg))
     except DidlabError as exc:
         fail(_one_line(exc))
 
@@ -47,8 +47,6 @@ def _precheck(argv: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    from .run import check_experiment, compose
 
     flags = [a for a in argv if a.startswith("-")]
     if any(f in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--version",
@@ -65,29 +63,33 @@ def _precheck(argv: list[str]) -> None:
                 jobs = [j + [f"{o.get_key_element()}={v}"] for j in jobs for v in values]
             else:
                 jobs = [j + [o.input_line] for j in jobs]
+        from .build import SIMULATED, file_spec, resolve_calibrated
+        from .realdata import load_panel
+        from .run import compose, validate
+
         for job in jobs:
-            if any(j.startswith("hydra") or j.startswith("hydra/") for j in job):
-                job = [j for j in job if not j.startswith("hydra")]
-            from .build import SIMULATED, build_draw, build_estimators, file_spec, resolve_calibrated
-
+            job = [j for j in job if not j.startswith("hydra")]
             cfg = resolve_calibrated(compose(job))
-            from .realdata import load_panel
-
-            if cfg.data.kind in SIMULATED:
-                build_draw(cfg)
-            elif cfg.experiment.kind == "montecarlo":
-                fail("a Monte Carlo experiment needs simulated data (data=province or data=city); "
-                     "with data=file use experiment=estimate, placebo or spec_curve")
-            else:
+            # every cell's simulator, every estimator's check(), the experiment's options
+            validate(cfg)
+            if cfg.data.kind not in SIMULATED:
                 load_panel(file_spec(cfg))  # a bad file fails here, before any output
-            build_estimators(cfg, list(cfg.experiment.outcomes))
-            check_experiment(cfg)
     except (HydraException, OmegaConfBaseException, DidlabError) as exc:
         fail(_one_line(exc))
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, line: str | None = None) -> str:
+    return f"didlab: warning: {message}\n"
+
+
 def main() -> None:
     """Entry point of the ``didlab`` console command."""
+    import warnings
+
+    # a deprecated option name is one line on stderr, not a source listing
+    warnings.formatwarning = _one_line_warning
+    warnings.filterwarnings("once", category=FutureWarning)  # each deprecation said once
     argv = sys.argv[1:]
     if argv and argv[0] == "collect":
         from .collect import main as collect_main

@@ -17,7 +17,7 @@ from hydra.experimental.callback import Callback
 from estimators.panel import DidlabError
 
 from . import report
-from .run import AXES
+from .montecarlo_run import AXES
 
 
 def collect(sweep_dir: str | Path) -> dict[str, Any]:

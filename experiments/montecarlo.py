@@ -47,11 +47,18 @@ def estimator_seed(seed: int, rep: int, label: str) -> np.random.SeedSequence:
     return np.random.SeedSequence(seed, spawn_key=(rep, zlib.crc32(label.encode())))
 
 
-def _accepts_rng(estimator: Any) -> bool:
+def needs_rng(estimator: Any) -> bool:
+    """Whether ``estimator`` draws random numbers: declared in the catalogue; for an object
+    outside it (a placebo wrapper built in code), whether its ``fit`` takes ``rng``."""
+    from estimators import catalog
+
     try:
-        return "rng" in inspect.signature(estimator.fit).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
+        return catalog.capabilities(estimator).needs_rng
+    except DidlabError:
+        try:
+            return "rng" in inspect.signature(estimator.fit).parameters
+        except (TypeError, ValueError):  # pragma: no cover
+            return False
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,17 @@ def _empty_row(cell: str, rep: int, outcome: str, label: str) -> dict[str, Any]:
 def fit_one(estimator: Any, panel: pd.DataFrame, rng: np.random.Generator | None,
             cell: str, rep: int, outcome: str, label: str) -> list[dict[str, Any]]:
     """Fit one estimator on one draw; a failure becomes a row with its reason."""
+    return fit_rows(estimator, panel, rng, cell, rep, outcome, label)[1]
+
+
+def fit_rows(estimator: Any, panel: pd.DataFrame, rng: np.random.Generator | None,
+             cell: str, rep: int, outcome: str, label: str
+             ) -> tuple[Any, list[dict[str, Any]], dict[str, float]]:
+    """Fit one estimator on one draw: ``(Estimate or None, result rows, truth)``.
+
+    The Estimate is returned so that reports, figures and the sensitivity analysis use this
+    fit -- the one on the seeded path -- instead of fitting again.
+    """
     t0 = time.perf_counter()
     try:
         est = estimator.fit(panel, rng=rng) if rng is not None else estimator.fit(panel)
@@ -95,7 +113,7 @@ def fit_one(estimator: Any, panel: pd.DataFrame, rng: np.random.Generator | None
         row = _empty_row(cell, rep, outcome, label)
         row["error"] = f"{type(exc).__name__}: {exc}"
         row["seconds"] = time.perf_counter() - t0
-        return [row]
+        return None, [row], {}
     seconds = time.perf_counter() - t0
     head = _empty_row(cell, rep, outcome, label)
     head.update(est.headline())
@@ -115,18 +133,18 @@ def fit_one(estimator: Any, panel: pd.DataFrame, rng: np.random.Generator | None
             r.update(term=name, role="detail", alpha=est.alpha, truth=truth[name],
                      n_obs=est.n_obs, n_clusters=est.n_clusters, seconds=0.0)
             rows.append(r)
-    return rows
+    return est, rows, truth
 
 
 def run_reps(design: Design, seed: int, reps: Iterable[int]) -> pd.DataFrame:
     """Draw and fit the given replicates sequentially; one tidy row per fit and term."""
     rows: list[dict[str, Any]] = []
-    needs_rng = {key: _accepts_rng(e) for key, e in design.estimators.items()}
+    rngs = {key: needs_rng(e) for key, e in design.estimators.items()}
     for rep in reps:
         panel = design.draw(np.random.default_rng(replicate_seed(seed, rep)))
         for (outcome, label), estimator in design.estimators.items():
             rng = (np.random.default_rng(estimator_seed(seed, rep, label))
-                   if needs_rng[(outcome, label)] else None)
+                   if rngs[(outcome, label)] else None)
             rows.extend(fit_one(estimator, panel, rng, design.cell, rep, outcome, label))
     out = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     for c in ("rep", "n_obs", "n_clusters"):
@@ -306,6 +324,9 @@ def diagnose(results: pd.DataFrame, by: Sequence[str] = ("cell", "outcome", "est
             n = est.size
             err = est - truth
             rec["n_draws"] = n
+            alphas = g["alpha"].to_numpy(float)
+            # the level that coverage and rejection refer to (labels follow it)
+            rec["alpha"] = float(alphas[0]) if np.all(alphas == alphas[0]) else np.nan
             if failed_counts is not None:
                 fkey = tuple(rec[b] for b in by if b != "term")
                 rec["n_failed"] = int(failed_counts.get(fkey if len(fkey) > 1 else fkey[0], 0))

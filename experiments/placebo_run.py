@@ -17,18 +17,25 @@ from .build import EXACT, build_estimator
 from .montecarlo import estimator_seed
 
 
-def run_placebo(cfg: DictConfig, panel: pd.DataFrame, out: Path) -> tuple[dict[str, Any], list[str]]:
-    """Run timing placebo, randomization inference and leave-one-out around every base
-    estimator named in ``experiment.placebo.base``, for every outcome."""
+def check_options(cfg: DictConfig) -> None:
+    """Reject bad placebo options before anything is estimated or written."""
     pc = cfg.experiment.placebo
-    exact = EXACT.get(str(pc.exact).lower())
-    if exact is None:
+    if EXACT.get(str(pc.exact).lower()) is None:
         raise OptionError(f"experiment.placebo.exact={pc.exact!r} is not accepted; use one of "
                           f"{sorted(EXACT)}")
     for label in pc.base:
         if label not in cfg.estimator:
             raise OptionError(f"experiment.placebo.base lists {label!r}, which is not a configured "
                               f"estimator; configured: {list(cfg.estimator)}")
+
+
+def run_placebo(cfg: DictConfig, draw: Any, out: Path) -> tuple[dict[str, Any], list[str]]:
+    """Run timing placebo, randomization inference and leave-one-out around every base
+    estimator named in ``experiment.placebo.base``, for every outcome."""
+    panel = draw.panel
+    pc = cfg.experiment.placebo
+    check_options(cfg)
+    exact = EXACT[str(pc.exact).lower()]
     timing_rows, ri_rows, loo_rows, dists = [], [], [], []
     for outcome in cfg.experiment.outcomes:
         for label in pc.base:
@@ -78,12 +85,13 @@ def run_placebo(cfg: DictConfig, panel: pd.DataFrame, out: Path) -> tuple[dict[s
     ]
     if cfg.experiment.figures:
         figs = out / "figures"
+        lev = report.level([cfg.estimator[b].get("alpha", 0.05) for b in pc.base])
         written["figures"] = [
             report.placebo_distribution_figure(distribution, ri_table, figs / "placebo_distribution.png"),
             report.forest_figure(timing, "term", figs / "placebo_timing.png",
-                                 "Timing placebo: fake dates on pre-treatment years (95% CIs)"),
+                                 f"Timing placebo: fake dates on pre-treatment years ({lev} CIs)"),
             report.forest_figure(loo_table, "term", figs / "leave_one_out.png",
-                                 "Leave one pilot out (95% CIs); dashed: full-sample estimate",
+                                 f"Leave one pilot out ({lev} CIs); dashed: full-sample estimate",
                                  reference="full_estimate"),
         ]
         sections += [f"![{p.stem}](figures/{p.name})\n" for p in written["figures"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +30,16 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def level(alpha: float | Sequence[float]) -> str:
+    """The confidence level of ``alpha`` as a label ("95%", "90%"); several different
+    levels give "1 - alpha"."""
+    values = sorted({round(float(a), 10) for a in np.atleast_1d(alpha)
+                     if a is not None and np.isfinite(a)})
+    if len(values) != 1:
+        return "1 - alpha"
+    return f"{100 * (1 - values[0]):g}%"
+
+
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
     """A GitHub-flavoured markdown table (no tabulate dependency)."""
     def fmt(v: object) -> str:
@@ -41,6 +52,17 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
     for row in frame.itertuples(index=False):
         lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
     return "\n".join(lines)
+
+
+def write_table(frame: pd.DataFrame, stem: Path) -> None:
+    """Write a results table as Parquet and CSV, each atomically (temporary name, then
+    rename), so that a killed run never leaves a truncated table under the final name."""
+    for suffix, write in ((".parquet", lambda p: frame.to_parquet(p, index=False)),
+                          (".csv", lambda p: frame.to_csv(p, index=False))):
+        path = stem.with_suffix(suffix)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        write(tmp)
+        os.replace(tmp, path)
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
@@ -80,7 +102,8 @@ def event_study_figure(terms: pd.DataFrame, path: Path, title: str) -> Path:
             x = g["event_time"].to_numpy() + 0.14 * (i - (n_est - 1) / 2)
             y = g["estimate"].to_numpy()
             ax.errorbar(x, y, yerr=[y - g["conf_low"], g["conf_high"] - y], fmt="o",
-                        color=palette[i], capsize=3, ms=5, label=f"{label} (95% CI)")
+                        color=palette[i], capsize=3, ms=5,
+                        label=f"{label} ({level(g['alpha']) if 'alpha' in g else '95%'} CI)")
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(-0.5, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("years since treatment (reference -1)")
@@ -95,7 +118,8 @@ def event_study_figure(terms: pd.DataFrame, path: Path, title: str) -> Path:
     return save_figure(fig, path)
 
 
-DIAGNOSANDS = (("bias", "bias"), ("coverage", "coverage of 95% CI"), ("rejection", "rejection rate"))
+DIAGNOSANDS = (("bias", "bias"), ("coverage", "coverage of {level} CI"),
+               ("rejection", "rejection rate at {alpha:g}"))
 
 
 def diagnosand_figure(diag: pd.DataFrame, axis: str, path: Path, hue: str | None = None,
@@ -128,7 +152,7 @@ def diagnosand_figure(diag: pd.DataFrame, axis: str, path: Path, hue: str | None
             if j == 0:
                 ax.set_ylabel(label, fontsize=9)
             if i == 0:
-                ax.set_title(name, fontsize=10)
+                ax.set_title(name.format(level=level(alpha), alpha=alpha), fontsize=10)
             if i == len(est_labels) - 1:
                 ax.set_xlabel(axis)
     if hue:
@@ -157,7 +181,9 @@ def diagnosand_figures(diag: pd.DataFrame, axes: Sequence[str], folder: Path,
         for b in extra:  # more than two axes: show the first level of the rest
             sub = sub[sub[b] == sub[b].iloc[0]]
         sub = sub.groupby(["estimator", *cols], sort=False, as_index=False).first()
-        paths.append(diagnosand_figure(sub, a, folder / f"diagnosands_by_{a}.png", hue=hue))
+        alpha = float(sub["alpha"].iloc[0]) if "alpha" in sub and sub["alpha"].nunique() == 1 else 0.05
+        paths.append(diagnosand_figure(sub, a, folder / f"diagnosands_by_{a}.png", hue=hue,
+                                       alpha=alpha))
     return paths
 
 
@@ -231,19 +257,20 @@ def _stars(p: float) -> str:
     return "***" if p < 0.01 else "**" if p < 0.05 else "*" if p < 0.1 else ""
 
 
-def regression_table(cfg, panel: pd.DataFrame) -> dict[str, str]:
-    """A paper-style table of every TWFE estimator in the config on every outcome: the
-    coefficient with stars and its SE in parentheses, controls, fixed-effect rows, N,
-    R-squared (of the dummy-variable regression) and clusters. Markdown and LaTeX."""
-    from .build import build_estimator
+def regression_table(draw) -> dict[str, str]:
+    """A paper-style table of every TWFE estimator fitted on the panel (each outcome): the
+    coefficient with stars and its SE in parentheses, controls, fixed-effect rows that say
+    which effects the column has (unit, year, or group-by-year), N, R-squared (of the
+    dummy-variable regression) and clusters. Markdown and LaTeX.
 
-    columns = []
-    for outcome in cfg.experiment.outcomes:
-        for label, spec in cfg.estimator.items():
-            if spec.kind != "twfe":
-                continue
-            est = build_estimator(label, spec, outcome)
-            columns.append((outcome, label, est.fit(panel)))
+    ``draw`` is the :class:`~experiments.single.SingleDraw` whose fits are used as they
+    are: nothing is fitted again.
+    """
+    from estimators import catalog
+
+    columns = [(f.outcome, f.label, f.estimate) for f in draw.fits.values()
+               if f.estimate is not None and catalog.kind_of(f.estimator) == "twfe"]
+    time_by = {f.label: getattr(f.estimator, "time_by", None) for f in draw.fits.values()}
     if not columns:
         return {"markdown": "(no TWFE estimator configured)\n", "latex": "% no TWFE estimator\n"}
     names: list[str] = []
@@ -269,7 +296,10 @@ def regression_table(cfg, panel: pd.DataFrame) -> dict[str, str]:
         body.append([label, *coef_row])
         body.append(["", *se_row])
     body.append(["Unit FE", *["Yes"] * len(columns)])
-    body.append(["Year FE", *["Yes"] * len(columns)])
+    body.append(["Year FE", *["No" if time_by.get(lab) else "Yes" for _, lab, _ in columns]])
+    for by in dict.fromkeys(b for b in time_by.values() if b):
+        body.append([f"{by}-by-year FE", *["Yes" if time_by.get(lab) == by else "No"
+                                            for _, lab, _ in columns]])
     body.append(["N", *[str(e.n_obs) for _, _, e in columns]])
     body.append(["R-squared", *[f"{e.diagnostics.get('r2', float('nan')):.3f}" for _, _, e in columns]])
     body.append(["Clusters", *[str(e.n_clusters) for _, _, e in columns]])
@@ -287,8 +317,8 @@ def regression_table(cfg, panel: pd.DataFrame) -> dict[str, str]:
            " & ".join(esc(h) for h in header) + " \\\\", " & ".join(esc(h) for h in sub) + " \\\\",
            "\\hline"]
     for r in body:
-        cells = [esc(c).replace("***", "$^{***}$").replace("**", "$^{**}$") for c in r]
-        cells = [c if "$" in c else c.replace("*", "$^{*}$") for c in cells]
+        # stars trail a coefficient: one superscript for the whole run of them
+        cells = [re.sub(r"(\*+)$", lambda m: f"$^{{{m.group(1)}}}$", esc(c)) for c in r]
         tex.append(" & ".join(cells) + " \\\\")
     tex += ["\\hline", "\\end{tabular}", "", "% " + note]
     return {"markdown": "\n".join(md) + "\n", "latex": "\n".join(tex) + "\n"}
@@ -343,7 +373,7 @@ def spec_curve_figure(table: pd.DataFrame, choices: Sequence[str], path: Path,
     top.vlines(x, t["conf_low"], t["conf_high"], colors=colour, lw=1, alpha=0.6)
     top.scatter(x, t["estimate"], c=colour, s=14, zorder=3)
     top.axhline(0, color="black", lw=0.8)
-    top.set_ylabel("estimate (95% CI)")
+    top.set_ylabel(f"estimate ({level(alpha)} CI)")
     top.set_title(f"Specification curve: {len(t)} specifications (blue: significant < 0, "
                   f"red: significant > 0, grey: p >= {alpha})", fontsize=10)
     for i, (c, v) in enumerate(rows):
@@ -357,7 +387,7 @@ def spec_curve_figure(table: pd.DataFrame, choices: Sequence[str], path: Path,
     return save_figure(fig, path)
 
 
-def sensitivity_figure(table: pd.DataFrame, path: Path) -> Path:
+def sensitivity_figure(table: pd.DataFrame, path: Path, alpha: float = 0.05) -> Path:
     """Honest confidence sets against the bound M (smoothness) and Mbar (relative
     magnitudes), the conventional interval at the left, one row per estimator."""
     sns.set_theme(style="whitegrid", context="notebook")
@@ -380,7 +410,7 @@ def sensitivity_figure(table: pd.DataFrame, path: Path) -> Path:
             ax.set_xticks(np.r_[m.min() - step, m])
             ax.set_xticklabels(["conv."] + [f"{v:.3g}" for v in m], rotation=30, fontsize=8)
             ax.set_xlabel("M (second differences)" if j == 0 else "Mbar (relative magnitude)")
-            ax.set_ylabel("95% set for the average post effect")
+            ax.set_ylabel(f"{level(alpha)} set for the average post effect")
             ax.set_title(f"{label} on {outcome}: {restriction.replace('_', ' ')} "
                          f"({g['method'].iloc[-1]})", fontsize=10)
     fig.tight_layout()
@@ -388,7 +418,7 @@ def sensitivity_figure(table: pd.DataFrame, path: Path) -> Path:
 
 
 def quantile_figure(table: pd.DataFrame, path: Path) -> Path:
-    """Effects across quantiles with 95% bands (bootstrap), one colour per estimator, the
+    """Effects across quantiles with their bootstrap bands, one colour per estimator, the
     true quantile effects on the treated where the draw has them."""
     sns.set_theme(style="whitegrid", context="notebook")
     outcomes = list(dict.fromkeys(table["outcome"]))
@@ -409,6 +439,8 @@ def quantile_figure(table: pd.DataFrame, path: Path) -> Path:
         ax.set_xlabel("quantile")
         ax.set_ylabel(f"effect on {outcome}")
         ax.legend(fontsize=8)
-    fig.suptitle("Effects across the outcome distribution (bands: 95%, unit bootstrap)", fontsize=11)
+    levels = level(table["alpha"]) if "alpha" in table else "95%"
+    fig.suptitle(f"Effects across the outcome distribution (bands: {levels}, unit bootstrap)",
+                 fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)

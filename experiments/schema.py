@@ -1,5 +1,10 @@
 """Dataclass schemas of every config group, registered in Hydra's ConfigStore.
 
+Estimator schemas are not written here: :func:`estimator_schema` derives each from its
+class in the catalogue (``estimators/catalog.py``), so an option is declared once, in the
+estimator's dataclass. A config default that must differ from the class's is written in
+the option's YAML file (``conf/estimator/*.yaml``), where a test checks it is stated.
+
 A misspelt key or a wrong type fails when the config is composed. String choices are
 validated when the config is used (OmegaConf 2.3 rejects ``typing.Literal``), with errors
 that list the accepted values. Schemas are mutable dataclasses: frozen ones would block
@@ -8,24 +13,18 @@ command-line overrides.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
-from estimators.bacon import BaconDecomposition
-from estimators.callaway_santanna import CallawaySantAnna
-from estimators.event_study import EventStudy
-from estimators.heterogeneity import Heterogeneity
-from estimators.imputation import Imputation
-from estimators.mediation import Mediation
-from estimators.oaxaca import OaxacaBlinder
-from estimators.placebo import RandomizationInference
-from estimators.psm import DRDID, PSMDID, PSMDIDWeighted
-from estimators.quantile import ChangesInChanges, QuantileDID
-from estimators.sun_abraham import SunAbraham
-from estimators.twfe import TWFE
+from estimators import catalog
+from estimators.catalog import (REQUIRED, Entry, is_optional, is_sequence_type,
+                                renamed_options)
 from simulate.city import CityDGP
 from simulate.design import Assignment, Effect, Timing
 from simulate.province import CONTROLS, ProvinceDGP
@@ -91,171 +90,6 @@ class FileData:
 
 
 @dataclass
-class InferenceConf:
-    """Inference options shared by the regression-based estimators (see estimators.fe.vcov)."""
-
-    cluster: Optional[str] = "unit"
-    se: str = "cluster"            # cluster | robust | conventional
-    ssc: str = "stata"             # stata | full | linearmodels | none
-    dist: str = "t"                # t | normal
-    alpha: float = 0.05
-
-
-@dataclass
-class TWFEConf(InferenceConf):
-    kind: str = "twfe"
-    controls: List[str] = field(default_factory=list)
-    paper_terms: bool = False
-    time_by: Optional[str] = None   # e.g. region: region-by-year instead of year effects
-
-
-@dataclass
-class EventStudyConf(InferenceConf):
-    kind: str = "event_study"
-    controls: List[str] = field(default_factory=list)
-    leads: Optional[int] = 5
-    lags: Optional[int] = 5
-    ref: int = -1
-    bin_endpoints: bool = True
-
-
-@dataclass
-class CallawaySantAnnaConf:
-    kind: str = "callaway_santanna"
-    covariates: List[str] = field(default_factory=list)
-    control_group: str = "nevertreated"
-    base_period: str = "varying"
-    method: str = "dr"
-    aggregation: str = "simple"
-    anticipation: int = 0
-    bootstrap: bool = False
-    n_boot: int = 999
-    alpha: float = 0.05
-
-
-@dataclass
-class SunAbrahamConf(InferenceConf):
-    kind: str = "sun_abraham"
-    controls: List[str] = field(default_factory=list)
-    control: str = "never"
-    ref: int = -1
-
-
-@dataclass
-class ImputationConf:
-    kind: str = "imputation"
-    controls: List[str] = field(default_factory=list)
-    horizons: Optional[int] = None
-    pretrend_leads: int = 3
-    alpha: float = 0.05
-
-
-@dataclass
-class PSMConf(InferenceConf):
-    """PSM-DID (route a: DID on the matched sample, as seed 002 Table 5) and, with
-    kind=psm_did_weighted, route b (matching weights carried over all years)."""
-
-    kind: str = "psm_did"
-    covariates: List[str] = field(default_factory=list)   # score covariates (default: controls)
-    controls: List[str] = field(default_factory=list)     # controls in the final DID
-    baseline: str = "mean"        # mean | period | pooled | YEAR (covariates measured when)
-    link: str = "logit"           # logit | probit
-    method: str = "kernel"        # kernel | nearest | radius
-    kernel: str = "epanechnikov"  # epanechnikov | gaussian | uniform | tricube | biweight
-    bandwidth: float = 0.06
-    n_neighbors: int = 1
-    replace: bool = True
-    caliper: Optional[float] = None
-    support: str = "minmax"       # minmax | quantile | none
-    support_q: float = 0.02
-    inference: str = "cluster"    # cluster | bootstrap (re-estimates score and matching)
-    n_boot: int = 499
-
-
-@dataclass
-class DRDIDConf:
-    kind: str = "dr_did"
-    controls: List[str] = field(default_factory=list)
-    baseline: str = "mean"
-    trim_level: float = 0.995
-    inference: str = "influence"  # influence | bootstrap
-    n_boot: int = 499
-    alpha: float = 0.05
-
-
-@dataclass
-class MediationConf:
-    """Stepwise (Baron-Kenny) mediation with two-way fixed effects."""
-
-    kind: str = "mediation"
-    mediators: List[str] = field(default_factory=lambda: ["lnes"])
-    lags: List[int] = field(default_factory=lambda: [0])   # one per mediator
-    controls: List[str] = field(default_factory=list)
-    equations: str = "separate"    # separate | joint
-    bootstrap: str = "cluster"     # cluster | stratified | none
-    n_boot: int = 999
-    ci: str = "percentile"         # percentile | bc
-    headline: str = "indirect"
-    alpha: float = 0.05
-
-
-@dataclass
-class HeterogeneityConf(InferenceConf):
-    """Effects by a unit-level attribute with a test of equality (seed 001)."""
-
-    kind: str = "heterogeneity"
-    by: str = "developed"          # city panel: developed | resource | old_industrial
-    controls: List[str] = field(default_factory=list)
-
-
-@dataclass
-class OaxacaConf:
-    """Oaxaca-Blinder decomposition of the pilot / non-pilot gap (seed 000)."""
-
-    kind: str = "oaxaca"
-    covariates: List[str] = field(default_factory=list)
-    group: Optional[str] = None        # a 0/1 column; default: pilots (cohort > 0)
-    reference: str = "pooled"          # A | B | pooled | neumark | cotton | reimers
-    sample: Optional[str] = None       # pandas query, e.g. "time >= 2012"
-    n_boot: int = 499
-    alpha: float = 0.05
-
-
-@dataclass
-class QuantileConf:
-    """Quantile DID (conditional, kind=quantile_did) or changes-in-changes
-    (kind=changes_in_changes, quantile effects on the treated)."""
-
-    kind: str = "quantile_did"
-    quantiles: List[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])
-    n_boot: int = 99
-    alpha: float = 0.05
-
-
-@dataclass
-class QuantileDIDConf(QuantileConf):
-    controls: List[str] = field(default_factory=list)
-
-
-@dataclass
-class BaconConf:
-    kind: str = "bacon"
-
-
-@dataclass
-class RandomizationConf:
-    """Fake-pilot randomization inference around a base estimator."""
-
-    kind: str = "randomization"
-    base: Dict[str, Any] = field(default_factory=lambda: {"kind": "twfe"})
-    n_perm: int = 499
-    statistic: str = "t"          # t (studentized) | coef
-    exact: str = "false"          # auto | true | false
-    max_exact: int = 1_000_000
-    strata: Optional[str] = None
-
-
-@dataclass
 class PlaceboConf:
     """What experiment=placebo runs around each base estimator."""
 
@@ -283,6 +117,7 @@ class SpecConf:
     # named sample restrictions (pandas queries; "" keeps every row)
     samples: Dict[str, str] = field(default_factory=lambda: {"all": ""})
     estimators: List[str] = field(default_factory=lambda: ["twfe"])  # twfe | event_study
+    alpha: float = 0.05            # level of every specification's test and interval
 
 
 @dataclass
@@ -356,26 +191,56 @@ class Config:
     experiment: ExperimentConf = field(default_factory=ExperimentConf)
 
 
-#: estimator kind -> (estimator class, config schema): the one registry of estimators;
-#: experiments.build derives its class table from it
-REGISTRY: dict[str, tuple[type, type]] = {
-    "twfe": (TWFE, TWFEConf),
-    "event_study": (EventStudy, EventStudyConf),
-    "randomization": (RandomizationInference, RandomizationConf),
-    "callaway_santanna": (CallawaySantAnna, CallawaySantAnnaConf),
-    "sun_abraham": (SunAbraham, SunAbrahamConf),
-    "imputation": (Imputation, ImputationConf),
-    "bacon": (BaconDecomposition, BaconConf),
-    "psm_did": (PSMDID, PSMConf),
-    "psm_did_weighted": (PSMDIDWeighted, PSMConf),
-    "dr_did": (DRDID, DRDIDConf),
-    "mediation": (Mediation, MediationConf),
-    "heterogeneity": (Heterogeneity, HeterogeneityConf),
-    "oaxaca": (OaxacaBlinder, OaxacaConf),
-    "quantile_did": (QuantileDID, QuantileDIDConf),
-    "changes_in_changes": (ChangesInChanges, QuantileConf),
-}
-ESTIMATOR_SCHEMAS: dict[str, type] = {kind: schema for kind, (_, schema) in REGISTRY.items()}
+def _config_type(tp: Any) -> Any:
+    """The OmegaConf type of an estimator option's Python type: sequences become lists,
+    ``X | None`` becomes ``Optional[X]`` for primitives, anything OmegaConf cannot type
+    (unions of several kinds, estimator objects) becomes ``Any``."""
+    if tp in PRIMITIVES:
+        return tp
+    args = typing.get_args(tp)
+    if is_optional(tp):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1 and inner[0] in PRIMITIVES:
+            return Optional[inner[0]]
+        if len(inner) == 1 and is_sequence_type(inner[0]):
+            return Optional[_config_type(inner[0])]
+        return Any
+    if is_sequence_type(tp):
+        return List[args[0] if args and args[0] in PRIMITIVES else Any]
+    origin = typing.get_origin(tp) or tp
+    if isinstance(origin, type) and issubclass(origin, Mapping):
+        return Dict[str, Any]
+    return Any
+
+
+PRIMITIVES = (str, int, float, bool)
+
+
+def estimator_schema(entry: Entry) -> type:
+    """The Hydra schema of a catalogue entry, derived from its dataclass: the same option
+    names, types and defaults, plus ``kind``; a required option (no class default) is
+    MISSING and must be set by the option's YAML file. Old option names are accepted as
+    keys (``None`` unless given) and mapped, with a warning, when the estimator is built."""
+    specs: list[tuple[str, Any, Any]] = [("kind", str, field(default=entry.kind))]
+    for opt in entry.options():
+        tp = _config_type(opt.type)
+        if opt.default is REQUIRED:
+            f = field(default=MISSING)
+        elif isinstance(opt.default, (list, tuple)):
+            f = field(default_factory=functools.partial(list, opt.default))
+        elif isinstance(opt.default, Mapping):
+            f = field(default_factory=functools.partial(dict, opt.default))
+        else:
+            f = field(default=opt.default)
+        specs.append((opt.name, tp, f))
+    for old in renamed_options(entry.cls):
+        specs.append((old, Any, field(default=None)))
+    return make_dataclass(f"{entry.cls.__name__}Conf", specs)
+
+
+def estimator_schemas() -> dict[str, type]:
+    """kind -> derived schema, for every catalogue entry."""
+    return {e.kind: estimator_schema(e) for e in catalog.entries()}
 
 
 def register() -> None:
@@ -400,5 +265,5 @@ def register() -> None:
     cs.store(group="schema/effect", name="base", node=Effect)
     cs.store(group="schema/backend", name="base", node=BackendConf)
     cs.store(group="schema/experiment", name="base", node=ExperimentConf)
-    for kind, schema in ESTIMATOR_SCHEMAS.items():
+    for kind, schema in estimator_schemas().items():
         cs.store(group="schema/estimator", name=kind, node=schema)

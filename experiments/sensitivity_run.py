@@ -14,10 +14,10 @@ from estimators.panel import DidlabError, OptionError, check_choice
 from estimators.sensitivity import (METHODS, breakdown, detectable_slope, event_inputs,
                                     honest_intervals, pretest_power)
 
-from . import report
-from .build import build_estimator
+from estimators import catalog
 
-EVENT_KINDS = ("event_study", "sun_abraham", "callaway_santanna", "imputation")
+from . import report
+from .single import SingleDraw
 
 
 def check_options(sc: DictConfig) -> None:
@@ -33,48 +33,53 @@ def check_options(sc: DictConfig) -> None:
         raise OptionError(f"experiment.sensitivity.target={sc.target!r}: use 'average' or an event time 0, 1, ...")
 
 
-def run_sensitivity(cfg: DictConfig, panel: pd.DataFrame, out: Path) -> tuple[dict[str, Any], list[str]]:
+def run_sensitivity(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[str, Any], list[str]]:
+    """Honest sets, breakdown values and pre-trend power for every event-time estimator
+    fitted on the panel (the fits of :mod:`experiments.single`, not new ones)."""
     sc = cfg.experiment.sensitivity
     target: Any = sc.target if sc.target == "average" else int(sc.target)
     sets, summary = [], []
-    for outcome in cfg.experiment.outcomes:
-        for label, spec in cfg.estimator.items():
-            if spec.kind not in EVENT_KINDS:
-                continue
-            est = build_estimator(label, spec, outcome).fit(panel)
+    for fit in draw.fits.values():
+        if not fit.capabilities.event_time:
+            continue
+        outcome, label, est = fit.outcome, fit.label, fit.estimate
+        if est is None:
+            summary.append({"outcome": outcome, "estimator": label, "note": fit.error})
+            continue
+        try:
+            event_inputs(est)
+        except DidlabError as exc:
+            summary.append({"outcome": outcome, "estimator": label, "note": str(exc)})
+            continue
+        for restriction, grid, method in (
+                ("smoothness", list(sc.m_grid) or None, str(sc.smoothness_method)),
+                ("relative_magnitudes", list(sc.mbar_grid) or None, str(sc.rm_method))):
             try:
-                event_inputs(est)
+                tab = honest_intervals(est, restriction, grid=grid, target=target,
+                                       alpha=float(sc.alpha), method=method)
+                b = breakdown(est, restriction, target=target, alpha=float(sc.alpha),
+                              method=method)
             except DidlabError as exc:
                 summary.append({"outcome": outcome, "estimator": label, "note": str(exc)})
                 continue
-            for restriction, grid, method in (
-                    ("smoothness", list(sc.m_grid) or None, str(sc.smoothness_method)),
-                    ("relative_magnitudes", list(sc.mbar_grid) or None, str(sc.rm_method))):
-                try:
-                    tab = honest_intervals(est, restriction, grid=grid, target=target,
-                                           alpha=float(sc.alpha), method=method)
-                    b = breakdown(est, restriction, target=target, alpha=float(sc.alpha),
-                                  method=method)
-                except DidlabError as exc:
-                    summary.append({"outcome": outcome, "estimator": label, "note": str(exc)})
-                    continue
-                sets.append(tab.assign(outcome=outcome, estimator=label))
-                summary.append({"outcome": outcome, "estimator": label, "restriction": restriction,
-                                "method": tab["method"].iloc[-1], "breakdown": b})
-            try:
-                s80 = detectable_slope(est, 0.8, float(sc.alpha))
-                s50 = detectable_slope(est, 0.5, float(sc.alpha))
-                pw = pretest_power(est, s50, float(sc.alpha), rng=np.random.default_rng(int(cfg.seed)),
-                                   target=target)
-                summary.append({"outcome": outcome, "estimator": label, "restriction": "pre-trend power",
-                                "slope_50pct_power": s50, "slope_80pct_power": s80,
-                                "bias_given_pass_at_slope50": pw["bias_given_pass"],
-                                "bias_unconditional_at_slope50": pw["bias_unconditional"]})
-            except DidlabError as exc:
-                summary.append({"outcome": outcome, "estimator": label, "note": str(exc)})
+            sets.append(tab.assign(outcome=outcome, estimator=label))
+            summary.append({"outcome": outcome, "estimator": label, "restriction": restriction,
+                            "method": tab["method"].iloc[-1], "breakdown": b})
+        try:
+            s80 = detectable_slope(est, 0.8, float(sc.alpha))
+            s50 = detectable_slope(est, 0.5, float(sc.alpha))
+            pw = pretest_power(est, s50, float(sc.alpha), rng=np.random.default_rng(int(cfg.seed)),
+                               target=target)
+            summary.append({"outcome": outcome, "estimator": label, "restriction": "pre-trend power",
+                            "slope_50pct_power": s50, "slope_80pct_power": s80,
+                            "bias_given_pass_at_slope50": pw["bias_given_pass"],
+                            "bias_unconditional_at_slope50": pw["bias_unconditional"]})
+        except DidlabError as exc:
+            summary.append({"outcome": outcome, "estimator": label, "note": str(exc)})
     if not sets:
+        kinds = [e.kind for e in catalog.entries() if e.capabilities.event_time]
         raise DidlabError("experiment=sensitivity needs an event-time estimator with pre-periods, "
-                          f"e.g. estimator=[event_study]; kinds: {list(EVENT_KINDS)}")
+                          f"e.g. estimator=[event_study]; kinds: {kinds}")
     table = pd.concat(sets, ignore_index=True)
     summ = pd.DataFrame(summary)
     table.to_csv(out / "honest_sets.csv", index=False)
@@ -90,7 +95,8 @@ def run_sensitivity(cfg: DictConfig, panel: pd.DataFrame, out: Path) -> tuple[di
                 + report.markdown_table(table) + "\n"]
     written: dict[str, Any] = {"honest_sets": table, "summary": summ}
     if cfg.experiment.figures:
-        p = report.sensitivity_figure(table, out / "figures" / "sensitivity.png")
+        p = report.sensitivity_figure(table, out / "figures" / "sensitivity.png",
+                                      alpha=float(sc.alpha))
         written["figure"] = p
         sections.append(f"![sensitivity](figures/{p.name})\n")
     with pd.option_context("display.width", 180, "display.float_format", "{:.4f}".format):

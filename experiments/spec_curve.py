@@ -37,6 +37,7 @@ class Spec:
     sample: str
     query: str
     estimator: str
+    alpha: float = 0.05
 
     def choices(self) -> dict[str, str]:
         return {c: getattr(self, c) for c in CHOICES}
@@ -49,13 +50,16 @@ def specifications(cfg: DictConfig) -> list[Spec]:
     years = [str(y) for y in sc.treatment_year] or ["data"]
     for e in sc.estimators:
         check_choice("experiment.spec.estimators entry", e, SPEC_ESTIMATORS)
+    if not 0 < float(sc.alpha) < 1:
+        raise OptionError(f"experiment.spec.alpha={sc.alpha} must lie strictly between 0 and 1")
     if not controls or not samples or not sc.outcomes:
         raise OptionError("experiment.spec needs at least one outcome, control set and sample")
     out = []
     for outcome, (cname, cols), fe, cl, year, (sname, query), est in itertools.product(
             sc.outcomes, controls.items(), sc.time_effects, sc.cluster, years, samples.items(),
             sc.estimators):
-        out.append(Spec(outcome, cname, tuple(cols or ()), fe, cl, year, sname, query or "", est))
+        out.append(Spec(outcome, cname, tuple(cols or ()), fe, cl, year, sname, query or "", est,
+                        float(sc.alpha)))
     return out
 
 
@@ -79,10 +83,11 @@ def estimator_for(spec: Spec) -> Any:
     time_by = None if spec.time_effects == "year" else spec.time_effects
     if spec.estimator == "twfe":
         return TWFE(spec.outcome, controls=spec.control_columns, cluster=spec.cluster,
-                    time_by=time_by)
+                    time_by=time_by, alpha=spec.alpha)
     if time_by is not None:
         raise OptionError("group-by-year effects are available for twfe specifications only")
-    return EventStudy(spec.outcome, controls=spec.control_columns, cluster=spec.cluster)
+    return EventStudy(spec.outcome, controls=spec.control_columns, cluster=spec.cluster,
+                      alpha=spec.alpha)
 
 
 def run_spec(panel: pd.DataFrame, spec: Spec) -> dict[str, Any]:
@@ -98,9 +103,11 @@ def run_spec(panel: pd.DataFrame, spec: Spec) -> dict[str, Any]:
     return row
 
 
-def run_spec_curve(cfg: DictConfig, panel: pd.DataFrame, out: Path) -> tuple[dict[str, Any], list[str]]:
+def run_spec_curve(cfg: DictConfig, draw: Any, out: Path) -> tuple[dict[str, Any], list[str]]:
+    """Estimate every specification on the fitted panel (``draw.panel``)."""
     from joblib import Parallel, delayed
 
+    panel = draw.panel
     specs = specifications(cfg)
     kind = cfg.backend.kind
     n_jobs = 1 if kind == "sequential" else int(cfg.backend.n_jobs)
@@ -127,7 +134,7 @@ def run_spec_curve(cfg: DictConfig, panel: pd.DataFrame, out: Path) -> tuple[dic
     table.insert(0, "spec", np.arange(1, len(table) + 1))
     table.to_csv(out / "spec_curve.csv", index=False)
     ok = table[table["error"] == ""]
-    alpha = 0.05
+    alpha = float(cfg.experiment.spec.alpha)
     summary = {
         "n_specifications": len(table),
         "n_failed": int((table["error"] != "").sum()),
@@ -147,7 +154,7 @@ def run_spec_curve(cfg: DictConfig, panel: pd.DataFrame, out: Path) -> tuple[dic
     ]
     if cfg.experiment.figures and len(ok):
         p = report.spec_curve_figure(ok, [c for c in CHOICES if ok[c].nunique() > 1] or ["estimator"],
-                                     out / "figures" / "spec_curve.png")
+                                     out / "figures" / "spec_curve.png", alpha=alpha)
         written["figure"] = p
         sections.append(f"![specification curve](figures/{p.name})\n")
     with pd.option_context("display.width", 160, "display.float_format", "{:.4f}".format):

@@ -15,9 +15,9 @@ from typing import Dict, List
 import numpy as np
 import pandas as pd
 
-from estimators.panel import COHORT, D, TIME, UNIT, OptionError, check_choice, treatment_from_cohort
+from estimators.panel import COHORT, D, TIME, UNIT, OptionError, treatment_from_cohort
 
-from .design import Assignment, Effect, Timing, pick_pilots
+from .design import Assignment, DesignSupport, Effect, Timing, assign_cohorts, validate_design
 from .province import _ar1
 
 
@@ -71,6 +71,22 @@ class CalibratedDGP:
             if missing:
                 raise OptionError(f"data.covariates.{name} lacks {sorted(missing)}")
 
+    def design_support(self) -> DesignSupport:
+        """The shared design knobs this panel reads (:func:`~simulate.design.validate_design`).
+
+        Random and selected pilots keep the fitted cohort sizes, so ``assignment.n_pilots``
+        is never read; the fitted cohorts are years without opening dates, so
+        ``timing.open_rule`` has nothing to act on; the effect has no GDP or cohort gradient.
+        """
+        return DesignSupport("data=calibrated", self.n_units, {
+            "assignment.n_pilots": "random and selected pilots keep the fitted cohort sizes "
+                                   "(data.cohort_sizes)",
+            "timing.open_rule": "the fitted cohorts are first treated years, not opening dates",
+            "effect.het_pgdp": "the calibrated panel has no GDP gradient in the effect; "
+                               "effect.het_sd varies it by unit",
+            "effect.het_cohort": "effect.het_cohort is used by the city panel (data=city) only",
+        })
+
 
 def draw_calibrated(rng: np.random.Generator, dgp: CalibratedDGP,
                     assignment: Assignment | None = None, timing: Timing | None = None,
@@ -82,16 +98,18 @@ def draw_calibrated(rng: np.random.Generator, dgp: CalibratedDGP,
     ``random`` gives the same cohort sizes to random units and ``selected`` draws them on
     the first covariate's unit mean. ``timing.kind="common"`` puts every treated unit at
     ``timing.year``; ``market_open`` (default here: the data's own dates) keeps the
-    fitted cohorts.
+    fitted cohorts (:func:`simulate.design.assign_cohorts`). Knobs the panel ignores
+    (:meth:`CalibratedDGP.design_support`) raise :class:`~estimators.panel.OptionError` when
+    set away from their defaults.
     """
     assignment = assignment or Assignment()
     timing = timing or Timing(kind="market_open")
     effect = effect or Effect()
     dgp.validate()
-    effect.validate()
-    check_choice("assignment.kind", assignment.kind, ("actual", "random", "selected"))
+    validate_design(dgp, assignment, timing, effect)
     years = dgp.years
     n, t_n = dgp.n_units, years.size
+    # the fitted first treated years, one per treated unit, in data.cohort_sizes' order
     cohorts = np.concatenate([np.full(int(k), int(g)) for g, k in sorted(dgp.cohort_sizes.items())])
     n_treated = cohorts.size
     profile = np.zeros(n, dtype=bool)
@@ -103,22 +121,11 @@ def draw_calibrated(rng: np.random.Generator, dgp: CalibratedDGP,
         sd = np.where(profile, par["sd_treated"], par["sd_control"])
         a = mean + sd * rng.standard_normal(n)
         xs[name] = a[:, None] + par["trend"] * tau + _ar1(rng, (n, t_n), par["rho"], par["sigma"])
-    if assignment.kind == "actual":
-        cohort = np.zeros(n, dtype=np.int64)
-        cohort[:n_treated] = cohorts
-    else:
-        first = next(iter(xs.values()), None)
-        score = first.mean(axis=1) if first is not None else np.zeros(n)
-        z = (score - score.mean()) / (score.std() or 1.0)
-        strength = assignment.strength if assignment.kind == "selected" else 0.0
-        chosen = pick_pilots(z, n_treated, strength, rng)
-        cohort = np.zeros(n, dtype=np.int64)
-        cohort[chosen] = rng.permutation(cohorts)
-    if timing.kind == "common":
-        cohort = np.where(cohort > 0, timing.year, 0)
-    if (cohort[cohort > 0] <= years[0]).any() or (cohort[cohort > 0] > years[-1]).any():
-        raise OptionError(f"treatment years {sorted(set(cohort[cohort > 0].tolist()))} leave no "
-                          f"pre- or post-period in {years[0]}-{years[-1]}")
+    # selected pilots are drawn on the first covariate's unit mean (none: uniformly)
+    first = next(iter(xs.values()), None)
+    score = first.mean(axis=1) if first is not None else np.zeros(n)
+    cohort = assign_cohorts(assignment, timing, years, np.arange(n_treated), list(cohorts),
+                            score, rng)
     lam = np.asarray(dgp.year_effects, dtype=float) if dgp.year_effects else np.zeros(t_n)
     alpha = dgp.unit_sd * rng.standard_normal(n) + dgp.treated_shift * profile
     for name, g in dgp.gamma.items():

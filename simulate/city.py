@@ -16,7 +16,7 @@ import pandas as pd
 
 from estimators.panel import COHORT, D, TIME, UNIT, OptionError, check_choice, treatment_from_cohort
 
-from .design import Assignment, Effect, Timing, pick_pilots
+from .design import Assignment, Date, DesignSupport, Effect, Timing, assign_cohorts, validate_design
 from .province import _ar1
 
 #: pilot group -> (number of prefecture-level cities, market opening (y, m, d))
@@ -86,10 +86,31 @@ class CityDGP:
         if self.n_cities <= n_pilot:
             raise OptionError(f"data.n_cities={self.n_cities} must exceed the {n_pilot} pilot cities")
 
+    def design_support(self) -> DesignSupport:
+        """The shared design knobs this panel reads (:func:`~simulate.design.validate_design`).
 
-def _open_year(date: tuple[int, int, int], rule: str) -> int:
-    y, m, d = date
-    return y + 1 if (rule == "first_full_half" and (m, d) > (6, 30)) else y
+        Never ``assignment.n_pilots``: random and selected pilots take the actual pilot
+        cities' places, so their number and cohort sizes are the actual ones. Never
+        ``effect.het_pgdp``: the effect varies with city attributes and cohort instead.
+        Under ``cohort_design="thirds"`` the three waves replace the assignment and the
+        dates, so ``assignment.kind`` / ``strength`` and ``timing.year`` / ``open_rule``
+        are refused too. ``timing.kind`` is not: every timing config sets it (and
+        experiment=method_comparison sets market_open for either cohort design), so
+        refusing one of its two values would refuse thirds under that config.
+        """
+        name = "data=city"
+        ignores = {
+            "assignment.n_pilots": "random and selected pilots keep the actual pilot cities' "
+                                   "number and cohort sizes",
+            "effect.het_pgdp": "the city effect varies with data.het_developed, "
+                               "data.het_resource, data.het_old_industrial and effect.het_cohort",
+        }
+        if self.cohort_design == "thirds":
+            name = "data=city with data.cohort_design=thirds"
+            waves = "its cohorts are three waves (2011, 2014, 2017) of randomly ordered cities"
+            ignores.update({"assignment.kind": waves, "assignment.strength": waves,
+                            "timing.year": waves, "timing.open_rule": waves})
+        return DesignSupport(name, self.n_cities, ignores)
 
 
 def draw_city(
@@ -104,7 +125,10 @@ def draw_city(
     ``timing.kind="market_open"`` (the default here: staggered) dates each pilot city by its
     market; ``"common"`` treats every pilot city from ``timing.year``. ``assignment``:
     ``actual`` cities of the pilot provinces; ``random`` / ``selected`` give the same
-    cohort sizes to random cities or to cities drawn on baseline GDP per capita.
+    cohort sizes to random cities or to cities drawn on baseline GDP per capita
+    (:func:`simulate.design.assign_cohorts`). Knobs the panel ignores
+    (:meth:`CityDGP.design_support`) raise :class:`~estimators.panel.OptionError` when set
+    away from their defaults.
 
     Returns the canonical panel with outcome ``nqpf`` (log index of "new quality productive
     forces"), covariate ``lnpgdp``, attributes ``developed``, ``resource``,
@@ -116,20 +140,19 @@ def draw_city(
     timing = timing or Timing(kind="market_open")
     effect = effect or Effect()
     dgp.validate()
-    timing.validate()
-    effect.validate()
-    check_choice("assignment.kind", assignment.kind, ("actual", "random", "selected"))
+    validate_design(dgp, assignment, timing, effect)
     years = np.arange(dgp.first_year, dgp.last_year + 1)
     n, t_n = dgp.n_cities, years.size
 
     group = np.array(["other"] * n, dtype=object)
     start = 0
-    actual_cohort = np.zeros(n, dtype=np.int64)
+    pilots: list[int] = []          # the actual pilot cities and their market openings
+    dates: list[Date] = []
     for name, (count, date) in CITY_GROUPS.items():
         group[start:start + count] = name
         if name != "Fujian" or dgp.fujian:
-            actual_cohort[start:start + count] = (
-                _open_year(date, timing.open_rule) if timing.kind == "market_open" else timing.year)
+            pilots.extend(range(start, start + count))
+            dates.extend([date] * count)
         start += count
     developed = np.where(group == "other", rng.random(n) < SHARE_DEVELOPED,
                          np.isin(group, list(EASTERN))).astype(np.int8)
@@ -145,14 +168,8 @@ def draw_city(
         waves = np.array([2011, 2014, 2017], dtype=np.int64)
         cohort[order[n_never:]] = waves[np.arange(n - n_never) % 3]
         cohort = np.where(cohort > 0, np.clip(cohort, years[1], years[-1]), 0)
-    elif assignment.kind == "actual":
-        cohort = actual_cohort
     else:
-        strength = assignment.strength if assignment.kind == "selected" else 0.0
-        z = (base_pgdp - base_pgdp.mean()) / base_pgdp.std()
-        treated = pick_pilots(z, int((actual_cohort > 0).sum()), strength, rng)
-        cohort = np.zeros(n, dtype=np.int64)
-        cohort[treated] = rng.permutation(actual_cohort[actual_cohort > 0])
+        cohort = assign_cohorts(assignment, timing, years, np.array(pilots), dates, base_pgdp, rng)
 
     tau = (years - years.mean())[None, :]
     lnpgdp = (1.0 + base_pgdp)[:, None] + 0.07 * tau + _ar1(rng, (n, t_n), 0.7, 0.04)

@@ -19,7 +19,7 @@ from scipy.signal import lfilter
 
 from estimators.panel import COHORT, D, TIME, UNIT, OptionError, treatment_from_cohort
 
-from .design import Assignment, Effect, Timing, pick_pilots
+from .design import Assignment, DesignSupport, Effect, Timing, assign_cohorts, validate_design
 from .emissions import NON_COAL_MIX, carbon_emissions, fuels_for_emissions
 from .mediators import Channel, CovariateParts, draw_channels, validate_channels
 
@@ -137,6 +137,13 @@ class ProvinceDGP:
     def years(self) -> np.ndarray:
         return np.arange(self.first_year, self.last_year + 1)
 
+    def design_support(self) -> DesignSupport:
+        """The shared design knobs this panel reads (:func:`~simulate.design.validate_design`):
+        all but ``effect.het_cohort``, which only the city panel draws."""
+        return DesignSupport("data=province", len(PROVINCES), {
+            "effect.het_cohort": "effect.het_cohort is used by the city panel (data=city) only",
+        })
+
 
 def lognormal_params(mean: float, sd: float, growth: float, noise_sd: float,
                      years: np.ndarray, n_units: int, boost: float = 1.0) -> tuple[float, float]:
@@ -188,40 +195,6 @@ def covariate_locations(first_year: int, last_year: int, n_pilot: int, n_other: 
     return out
 
 
-def assign(assignment: Assignment, timing: Timing, years: np.ndarray, baseline: np.ndarray,
-           rng: np.random.Generator, actual: np.ndarray, open_dates: list[tuple[int, int, int]]
-           ) -> np.ndarray:
-    """Cohort (first treated year, 0 = never) of each unit.
-
-    ``actual`` holds the indices of the actual pilots and ``open_dates`` their market
-    openings; random and selected pilots receive the actual opening dates in random order.
-    """
-    n_units = baseline.shape[0]
-    assignment.validate(n_units)
-    timing.validate()
-    if assignment.kind == "actual":
-        pilots = actual
-        dates = list(open_dates)
-    else:
-        strength = assignment.strength if assignment.kind == "selected" else 0.0
-        z = (baseline - baseline.mean()) / baseline.std()
-        pilots = pick_pilots(z, assignment.n_pilots, strength, rng)
-        dates = [open_dates[i % len(open_dates)] for i in rng.permutation(len(pilots))]
-    cohort = np.zeros(n_units, dtype=np.int64)
-    if timing.kind == "common":
-        cohort[pilots] = timing.year
-    else:
-        for unit, (y, m, d) in zip(pilots, dates):
-            late = (m, d) > (6, 30)
-            cohort[unit] = y + 1 if (timing.open_rule == "first_full_half" and late) else y
-    if (cohort[pilots] > years[-1]).any() or (cohort[pilots] <= years[0]).any():
-        raise OptionError(
-            f"treatment year(s) {sorted(set(cohort[pilots].tolist()))} leave no pre- or "
-            f"post-treatment period inside {years[0]}-{years[-1]}"
-        )
-    return cohort
-
-
 def draw_province(
     rng: np.random.Generator,
     dgp: ProvinceDGP | None = None,
@@ -255,6 +228,13 @@ def draw_province(
         ``de_lncei`` (direct effects), and ``ie_lnce_<m>``, ``ie_lncei_<m>`` (indirect
         effects through ``m``); ``te_<outcome>`` is then direct plus indirect.
 
+    Raises
+    ------
+    OptionError
+        For a knob out of range, or one this panel ignores set away from its default
+        (:meth:`ProvinceDGP.design_support`), before anything is drawn; for treatment dates
+        outside the panel's years.
+
     Notes
     -----
     Covariates: each log level is ``m_g + a_i + growth*(t - tbar) + v_it`` with group
@@ -269,7 +249,7 @@ def draw_province(
     timing = timing or Timing()
     effect = effect or Effect()
     dgp.validate()
-    effect.validate()
+    validate_design(dgp, assignment, timing, effect)
     years = dgp.years
     n_units, n_years = len(PROVINCES), years.size
     channels = tuple(channels)
@@ -306,7 +286,8 @@ def draw_province(
     # --- treatment ----------------------------------------------------------------------
     pilot_idx = np.flatnonzero(profile)
     dates = [MARKET_OPENED[PROVINCES[i]] for i in pilot_idx]
-    cohort = assign(assignment, timing, years, baseline, rng, pilot_idx, dates)
+    cohort = assign_cohorts(assignment, timing, years, pilot_idx, dates, baseline, rng,
+                            n_pilots=assignment.n_pilots)
     t_grid = np.broadcast_to(years[None, :], (n_units, n_years))
     c_grid = np.broadcast_to(cohort[:, None], (n_units, n_years))
     treated_unit = cohort > 0

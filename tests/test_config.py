@@ -113,10 +113,24 @@ def test_each_experiment_smoke_runs(tmp_path, experiment):
     assert len(out["diagnosand_figures"]) == len(grid)
 
 
-def test_failed_run_is_marked(tmp_path):
-    cfg = compose(["estimator=[twfe]", "+estimator.twfe.bogus=1"]) if False else compose(["assignment.kind=best"])
+def test_bad_config_writes_nothing(tmp_path):
+    """A config mistake is found before the output folder exists."""
+    cfg = compose(["assignment.kind=best"])
     with pytest.raises(OptionError):
-        run(cfg, tmp_path)
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_failed_run_is_marked(tmp_path, monkeypatch):
+    """A failure after validation marks the folder FAILED and writes no report.md."""
+    import experiments.single
+
+    def broken(cfg, draw, out):
+        raise OptionError("the runner failed")
+
+    monkeypatch.setattr(experiments.single, "run_single", broken)
+    with pytest.raises(OptionError):
+        run(compose(["estimator=[twfe]"]), tmp_path)
     assert (tmp_path / "FAILED").exists() and not (tmp_path / "report.md").exists()
 
 

@@ -61,8 +61,8 @@ def lagged_sample(panel, lags):
 def test_paths_equal_separate_twfe_fits(request, data):
     panel = request.getfixturevalue(data)
     lags = {"lnes": 0, "lntech": 2, "lnis2": 2}
-    est = Mediation("lnce", tuple(lags), lags=tuple(lags.values()), controls=CONTROLS,
-                    bootstrap="none").fit(panel)
+    est = Mediation("lnce", tuple(lags), mediator_lags=tuple(lags.values()), controls=CONTROLS,
+                    n_boot=0).fit(panel)
     t = est.terms.set_index("term")
     for m, k in lags.items():
         lab = m if k == 0 else f"L{k}.{m}"
@@ -85,8 +85,8 @@ def test_paths_equal_separate_twfe_fits(request, data):
 
 
 def test_joint_paths_equal_one_equation_with_every_mediator(channel_panel):
-    est = Mediation("lnce", ("lnes", "lntech", "lnis2"), lags=(0, 2, 2), controls=CONTROLS,
-                    equations="joint", bootstrap="none").fit(channel_panel)
+    est = Mediation("lnce", ("lnes", "lntech", "lnis2"), mediator_lags=(0, 2, 2), controls=CONTROLS,
+                    equations="joint", n_boot=0).fit(channel_panel)
     t = est.terms.set_index("term")
     sample = lagged_sample(channel_panel, {"lnes": 0, "lntech": 2, "lnis2": 2})
     meds = ("lnes", "L2.lntech", "L2.lnis2")
@@ -105,7 +105,7 @@ def test_joint_paths_equal_one_equation_with_every_mediator(channel_panel):
 
 
 def test_lag_drops_rows_and_says_so(channel_panel):
-    est = Mediation("lnce", ("lntech",), lags=2, bootstrap="none").fit(channel_panel)
+    est = Mediation("lnce", ("lntech",), mediator_lags=2, n_boot=0).fit(channel_panel)
     assert est.n_obs == 570 - 2 * 30
     assert any("60 row(s) without the lagged value dropped (570 -> 510)" in n for n in est.notes)
     idx = lag_within_unit(np.array([0, 0, 0, 1, 1]), np.array([2000, 2001, 2003, 2000, 2001]), 1)
@@ -174,8 +174,8 @@ def test_bootstrap_grams_equal_within_balanced_on_stacked_arrays():
 @pytest.mark.parametrize("data", ["channel_panel", "unbalanced_channels"])
 def test_fast_bootstrap_equals_refitting_loop(request, equations, bootstrap, data):
     panel = request.getfixturevalue(data)
-    spec = dict(outcome="lnce", mediators=("lnes", "lntech", "lnis2"), lags=(0, 2, 2),
-                controls=CONTROLS, equations=equations, bootstrap=bootstrap, n_boot=25)
+    spec = dict(outcome="lnce", mediators=("lnes", "lntech", "lnis2"), mediator_lags=(0, 2, 2),
+                controls=CONTROLS, equations=equations, stratify=bootstrap == "stratified", n_boot=25)
     fast = Mediation(**spec).run(panel, np.random.default_rng(3))
     slow = Mediation(**spec, fast=False).run(panel, np.random.default_rng(3))
     np.testing.assert_array_equal(fast.units, slow.units)
@@ -186,7 +186,7 @@ def test_fast_bootstrap_equals_refitting_loop(request, equations, bootstrap, dat
 
 
 def test_draws_without_a_treated_unit_fail_in_both_paths(channel_panel):
-    est = Mediation("lnce", ("lnes", "lntech"), lags=(0, 2), controls=CONTROLS, n_boot=3)
+    est = Mediation("lnce", ("lnes", "lntech"), mediator_lags=(0, 2), controls=CONTROLS, n_boot=3)
     never = np.flatnonzero(channel_panel.groupby("unit")["cohort"].first().to_numpy() == 0)
     units = np.vstack([np.arange(30), np.resize(never, 30), np.arange(30)[::-1]])
     _, blocks, _ = est._point(channel_panel)
@@ -204,12 +204,12 @@ def test_stratified_bootstrap_keeps_cohort_sizes(channel_panel):
     cohort = channel_panel.groupby("unit")["cohort"].first().to_numpy()
     draws = draw_units(cohort, 200, np.random.default_rng(1), stratified=True)
     assert ((cohort[draws] > 0).sum(axis=1) == 6).all()
-    e = Mediation("lnce", bootstrap="stratified", n_boot=199).fit(channel_panel, np.random.default_rng(1))
+    e = Mediation("lnce", stratify=True, n_boot=199).fit(channel_panel, np.random.default_rng(1))
     assert e.diagnostics["n_boot_failed"] == 0
 
 
 def test_bootstrap_of_three_mediators_is_fast(channel_panel):
-    est = Mediation("lnce", ("lnes", "lntech", "lnis2"), lags=(0, 2, 2),
+    est = Mediation("lnce", ("lnes", "lntech", "lnis2"), mediator_lags=(0, 2, 2),
                     controls=("lnpgdp", "lnpeople", "lnfdi"), n_boot=999)
     est.fit(channel_panel, rng=np.random.default_rng(0))
     t0 = time.perf_counter()
@@ -260,7 +260,7 @@ def test_classification_is_a_label_beside_the_interval(channel_panel):
     assert classify(-0.2, -0.1, -0.15, 0.3, 0.001, 0.05) == "partial (competitive)"
     assert classify(-0.2, -0.1, -0.15, -0.01, 0.6, 0.05) == "full"
     assert classify(-0.2, 0.1, -0.05, -0.3, 0.001, 0.05) == "none"
-    e = Mediation("lnce", ("lnes", "lntech"), lags=(0, 2), n_boot=199).fit(
+    e = Mediation("lnce", ("lnes", "lntech"), mediator_lags=(0, 2), n_boot=199).fit(
         channel_panel, np.random.default_rng(2))
     t = e.terms.set_index("term")
     for lab in ("lnes", "L2.lntech"):
@@ -303,14 +303,14 @@ def test_contract_on_a_default_panel(province):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(equations="both"), "equations='both' is not accepted; use one of 'separate', 'joint'"),
-    (dict(bootstrap="wild"), "bootstrap='wild' is not accepted"),
-    (dict(ci="bca"), "ci='bca' is not accepted; use one of 'percentile', 'bc'"),
-    (dict(mediators=("lnes", "lntech"), lags=(0, 1, 2)), "one lag per mediator"),
-    (dict(lags=-1), "each lag must be an integer >= 0"),
+    (dict(bootstrap="wild"), "bootstrap='wild' is not accepted"),  # old spelling, still checked
+    (dict(boot_ci="bca"), "boot_ci='bca' is not accepted; use one of 'percentile', 'bc'"),
+    (dict(n_boot=1), "n_boot=1 must be 0"),
+    (dict(mediators=("lnes", "lntech"), mediator_lags=(0, 1, 2)), "one lag per mediator"),
+    (dict(mediator_lags=-1), "each lag must be an integer >= 0"),
     (dict(controls=("lnes",)), "mediator 'lnes' is also in controls"),
     (dict(mediators=()), "at least one column"),
     (dict(headline="lntech"), "headline='lntech' is not accepted; use one of 'indirect', 'lnes'"),
-    (dict(n_boot=1), "n_boot=1 must be an integer >= 2"),
     (dict(se="clustered"), "se='clustered' is not accepted"),
 ])
 def test_bad_options_are_named(province, kwargs, match):
@@ -322,9 +322,9 @@ def test_errors_name_the_problem(province, organ):
     with pytest.raises(OptionError, match="needs a generator"):
         Mediation("lnce").fit(province)
     with pytest.raises(PanelError, match="'lnxx' is missing"):
-        Mediation("lnce", ("lnxx",), bootstrap="none").fit(province)
+        Mediation("lnce", ("lnxx",), n_boot=0).fit(province)
     with pytest.raises(PanelError, match="needs a simulated panel"):
-        Mediation("Rate", ("m",), bootstrap="none").estimand(organ.assign(m=organ["Rate"] ** 2))
+        Mediation("Rate", ("m",), n_boot=0).estimand(organ.assign(m=organ["Rate"] ** 2))
 
 
 # --- the simulator's channels ------------------------------------------------------------------------
@@ -359,7 +359,7 @@ def test_channel_truth_columns(channel_panel):
         on = treated & (k >= ch.lag)
         np.testing.assert_allclose(p.loc[on, f"ie_lnce_{m}"], ch.a * ch.b, atol=1e-12)
         assert (p.loc[~on, f"ie_lnce_{m}"] == 0).all()
-    truth = Mediation("lnce", ("lnes", "lntech", "lnis2"), lags=(0, 2, 2)).estimand(p)
+    truth = Mediation("lnce", ("lnes", "lntech", "lnis2"), mediator_lags=(0, 2, 2)).estimand(p)
     assert truth["a[lnes]"] == pytest.approx(-0.218) and truth["b[lnes]"] == pytest.approx(0.253)
     # lagged two years, among 2011-2018 treated cells the mediator has moved in 6 of 8 years
     assert truth["a[L2.lntech]"] == pytest.approx(0.295 * 6 / 8)
@@ -412,13 +412,13 @@ def test_bootstrap_interval_covers_the_true_indirect_effect():
 def test_lagged_channel_is_recovered_only_at_its_lag():
     ch = (Channel("lntech", a=0.3, b=-0.2, lag=2),)
     controls = ("lnpgdp", "lnpeople", "lnfdi", "lnis2", "lnes")
-    right = _diagnose(ch, Mediation("lnce", ("lntech",), lags=2, controls=controls,
-                                    bootstrap="none"), 150, 12)
+    right = _diagnose(ch, Mediation("lnce", ("lntech",), mediator_lags=2, controls=controls,
+                                    n_boot=0), 150, 12)
     assert right.loc["indirect", "mean_truth"] == pytest.approx(-0.06 * 6 / 8)
     for term in ("indirect", "b[L2.lntech]", "c'[L2.lntech]"):
         assert abs(right.loc[term, "bias"]) < 3 * right.loc[term, "bias_mcse"], term
-    wrong = _diagnose(ch, Mediation("lnce", ("lntech",), lags=0, controls=controls,
-                                    bootstrap="none"), 150, 12)
+    wrong = _diagnose(ch, Mediation("lnce", ("lntech",), mediator_lags=0, controls=controls,
+                                    n_boot=0), 150, 12)
     assert abs(wrong.loc["indirect", "bias"]) > 3 * wrong.loc["indirect", "bias_mcse"]
 
 
@@ -426,7 +426,7 @@ def test_confounded_mediator_biases_baron_kenny():
     # an unobserved province trend shared by the mediator and the outcome: sequential
     # ignorability fails; the total effect and path a stay unbiased, b and a*b do not
     ch = (Channel("lnis2", a=-0.1, b=0.5, trend_sd=0.005),)
-    d = _diagnose(ch, Mediation("lnce", ("lnis2",), controls=OTHERS, bootstrap="none"), 150, 13)
+    d = _diagnose(ch, Mediation("lnce", ("lnis2",), controls=OTHERS, n_boot=0), 150, 13)
     for term in ("indirect", "b[lnis2]"):
         assert abs(d.loc[term, "bias"]) > 3 * d.loc[term, "bias_mcse"], term
     assert d.loc["b[lnis2]", "bias"] > 0.1

@@ -16,9 +16,10 @@ import statsmodels.api as sm
 from scipy import special
 
 from estimators.panel import EstimationError, OptionError
-from estimators.psm import (DRDID, PSMDID, MatchOptions, PSMDIDWeighted, att_from_weights,
-                            balance_table, common_support, did_coefficient, drdid_panel,
-                            effective_n, fit_binary, kernel_match, nearest_neighbor_match)
+from estimators.drdid import DRDID, drdid_panel
+from estimators.matching import (MatchOptions, att_from_weights, balance_table, common_support,
+                                 effective_n, fit_binary, kernel_match, nearest_neighbor_match)
+from estimators.psm_did import PSMDID, PSMDIDWeighted, did_coefficient
 from estimators.result import TERM_COLUMNS
 from estimators.twfe import TWFE
 from experiments.build import _draw_province
@@ -369,7 +370,7 @@ def test_fast_bootstrap_equals_refitting(province, cls, opts):
 
 
 def test_bootstrap_smoke(province):
-    est = PSMDID("lnce", covariates=COVS, inference="bootstrap", n_boot=40)
+    est = PSMDID("lnce", covariates=COVS, n_boot=40)
     a = est.fit(province, rng=np.random.default_rng(5))
     b = est.fit(province, rng=np.random.default_rng(5))
     c = est.fit(province, rng=np.random.default_rng(6))
@@ -379,7 +380,7 @@ def test_bootstrap_smoke(province):
     assert "bootstrap" in a.inference and a.diagnostics["n_boot"] == 40
     pct = replace(est, boot_ci="percentile").fit(province, rng=np.random.default_rng(5))
     assert pct.std_error == a.std_error and pct.conf_low != a.conf_low
-    dr = DRDID("lnce", controls=COVS, inference="bootstrap", n_boot=40)
+    dr = DRDID("lnce", covariates=COVS, n_boot=40)
     x = dr.fit(province, rng=np.random.default_rng(5))
     assert x.std_error == dr.fit(province, rng=np.random.default_rng(5)).std_error > 0
     for e in (est, dr):
@@ -389,7 +390,7 @@ def test_bootstrap_smoke(province):
 
 def test_bootstrap_refuses_when_most_draws_fail(province):
     # six score covariates for six pilots: most resamples separate, so no honest bootstrap SE
-    est = PSMDID("lnce", controls=CONTROLS, inference="bootstrap", n_boot=40)
+    est = PSMDID("lnce", controls=CONTROLS, n_boot=40)
     with pytest.raises(EstimationError, match="bootstrap failed"):
         est.fit(province, rng=np.random.default_rng(1))
 
@@ -408,7 +409,7 @@ def sant_anna_zhao(dy, d, x):
 
 def test_drdid_two_period_pinned(province):
     p2 = two_period(province)
-    e = DRDID("lnce", controls=COVS).fit(p2)
+    e = DRDID("lnce", covariates=COVS).fit(p2)
     wide = p2.pivot(index="unit", columns="time", values="lnce")
     dy = (wide[2011] - wide[2010]).to_numpy()
     d = (p2.groupby("unit")["cohort"].first() > 0).to_numpy().astype(float)
@@ -450,7 +451,7 @@ def test_drdid_without_covariates_is_the_did_of_means(province, staggered):
     assert e.estimate == pytest.approx((m(g & post) - m(g & ~post)) - (m(~g & post) - m(~g & ~post)),
                                        rel=1e-10)
     # staggered: cohort ATTs averaged by treated cells
-    s = DRDID("lnce", controls=("lnpgdp",)).fit(staggered)
+    s = DRDID("lnce", covariates=("lnpgdp",)).fit(staggered)
     cells = staggered[staggered["d"] == 1].groupby("cohort").size()
     per = s.terms.set_index("term")["estimate"]
     expected = sum(per[f"ATT(g={g})"] * n for g, n in cells.items()) / cells.sum()
@@ -461,7 +462,7 @@ def test_drdid_without_covariates_is_the_did_of_means(province, staggered):
 
 @pytest.mark.parametrize("make", [lambda: PSMDID("lnce", controls=("lnpgdp",)),
                                   lambda: PSMDIDWeighted("lnce", covariates=COVS, controls=("lnes",)),
-                                  lambda: DRDID("lnce", controls=("lnpgdp",))])
+                                  lambda: DRDID("lnce", covariates=("lnpgdp",))])
 @pytest.mark.parametrize("data", ["province", "staggered", "unbalanced"])
 def test_contract(request, make, data):
     panel = request.getfixturevalue(data)
@@ -539,7 +540,7 @@ def mc(kind, n, seed):
             ("lnce", "psm_did_on_support"): OnSupport(kernel),
             ("lnce", "psm_did_nn"): PSMDID("lnce", covariates=("lnpgdp",), method="nearest",
                                            n_neighbors=3, support="none"),
-            ("lnce", "dr_did"): DRDID("lnce", controls=("lnpgdp",))}
+            ("lnce", "dr_did"): DRDID("lnce", covariates=("lnpgdp",))}
     res = run_reps(Design(draw, ests), seed, range(n))
     # compare estimators on the draws where all of them produced an estimate (draws whose
     # pilots are the richest provinces have no overlap: the score is separated)

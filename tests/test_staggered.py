@@ -139,8 +139,8 @@ def test_common_date_identities(province):
 
 
 def test_multiplier_bootstrap(castle_x):
-    a = CallawaySantAnna("y", bootstrap=True, n_boot=2000).fit(castle_x, rng=np.random.default_rng(0))
-    b = CallawaySantAnna("y", bootstrap=True, n_boot=2000).fit(castle_x, rng=np.random.default_rng(0))
+    a = CallawaySantAnna("y", n_boot=2000).fit(castle_x, rng=np.random.default_rng(0))
+    b = CallawaySantAnna("y", n_boot=2000).fit(castle_x, rng=np.random.default_rng(0))
     analytic = CallawaySantAnna("y").fit(castle_x)
     assert a.std_error == b.std_error  # deterministic given the generator
     assert a.std_error == pytest.approx(analytic.std_error, rel=0.1)

@@ -1,0 +1,135 @@
+"""``experiment.kind=montecarlo``: the design's cells, many draws each, and the diagnosands."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from estimators.panel import OptionError, check_choice
+
+from . import report
+from .build import build_draw, build_estimators
+from .montecarlo import Backend, Design, design_key, diagnose, run_designs
+from .single import SingleDraw, print_table
+
+AXES = ("data", "assignment", "timing", "effect")
+
+
+def choices(cfg: DictConfig) -> dict[str, str]:
+    """Which option of each axis group the config came from."""
+    recorded = OmegaConf.to_container(cfg.origin.choices) if "origin" in cfg else {}
+    if recorded:
+        return {a: str(recorded[a]) for a in AXES if recorded.get(a) is not None}
+    return {a: "custom" for a in AXES}
+
+
+def cells(cfg: DictConfig) -> list[tuple[DictConfig, dict[str, str]]]:
+    """The design cells of a run: the config itself, or its ``experiment.grid`` crossed.
+
+    Each cell is composed again from the run's own overrides with the grid's option put in
+    place of the group's, so a grid axis replaces only what it varies: ``timing.anticipation=2``
+    holds in every timing cell. A multirun sweep defines its own cells instead.
+    """
+    from .run import compose, in_multirun
+
+    base = choices(cfg)
+    grid = OmegaConf.to_container(cfg.experiment.grid) if cfg.experiment.grid else {}
+    if not grid or in_multirun():
+        return [(cfg, base)]
+    for group in grid:
+        check_choice("experiment.grid key", group, AXES)
+        if not isinstance(grid[group], list) or not grid[group]:
+            raise OptionError(f"experiment.grid.{group} must be a non-empty list of options")
+    overrides = list(cfg.origin.overrides) if "origin" in cfg else []
+    out = []
+    for combo in itertools.product(*[[(g, o) for o in opts] for g, opts in grid.items()]):
+        varied = {g for g, _ in combo}
+        # the user's choice of a varied group gives way to the grid's; key=value overrides
+        # inside that group (timing.anticipation=2) are kept
+        kept = [o for o in overrides
+                if o.split("=", 1)[0].lstrip("+~") not in varied]
+        c = compose([*kept, *[f"{g}={o}" for g, o in combo]])
+        axes = dict(base)
+        axes.update({g: str(o) for g, o in combo})
+        out.append((c, axes))
+    return out
+
+
+def cell_name(axes: Mapping[str, str], varying: set[str] | None = None) -> str:
+    """``group=option`` pairs of the axes that vary across the run's cells."""
+    keys = [k for k in axes if varying is None or k in varying]
+    return ",".join(f"{k}={axes[k]}" for k in keys) or "default"
+
+
+def hash_payload(cfg: DictConfig) -> dict[str, Any]:
+    """Everything that fixes a cell's numbers (the store key)."""
+    from importlib import metadata
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    return {
+        "data": c["data"], "assignment": c["assignment"], "timing": c["timing"],
+        "effect": c["effect"], "estimator": c["estimator"], "seed": c["seed"],
+        "outcomes": c["experiment"]["outcomes"], "chunk_size": c["experiment"]["chunk_size"],
+        "didlab": metadata.version("didlab"),
+    }
+
+
+def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[str, Any], list[str]]:
+    """Run every cell's draws (resumable chunks, any backend) and write the diagnosands."""
+    from .run import isatty
+
+    backend = Backend(**OmegaConf.to_container(cfg.backend, resolve=True))
+    backend.validate()
+    runs = cells(cfg)
+    varying = {a for a in AXES if len({ax.get(a) for _, ax in runs}) > 1}
+    designs, keys = [], []
+    for c, axes in runs:
+        outcomes = list(c.experiment.outcomes)
+        designs.append(Design(build_draw(c), build_estimators(c, outcomes),
+                              cell=cell_name(axes, varying if len(runs) > 1 else set()),
+                              axes=axes))
+        keys.append(design_key(hash_payload(c)))
+    results = run_designs(designs, int(cfg.experiment.n_reps), int(cfg.seed),
+                          store=cfg.experiment.store, keys=keys,
+                          chunk_size=int(cfg.experiment.chunk_size), backend=backend,
+                          progress=bool(cfg.experiment.progress) and isatty())
+    axes_frame = pd.DataFrame([{"cell": d.cell, **d.axes} for d in designs])
+    results = results.merge(axes_frame, on="cell", how="left")
+    diag = diagnose(results, by=("cell", *[a for a in AXES if a in axes_frame], "outcome",
+                                 "estimator", "term"))
+    roles = results.drop_duplicates(["estimator", "term"]).set_index(["estimator", "term"])["role"]
+    diag["role"] = [roles.get((e, t), "headline") for e, t in zip(diag["estimator"], diag["term"])]
+    report.write_table(results, out / "results")
+    diag.to_csv(out / "diagnosands.csv", index=False)
+    written: dict[str, Any] = {"results": out / "results.parquet",
+                               "diagnosands": out / "diagnosands.csv"}
+    head = diag[diag["role"] == "headline"]
+    shown_axes = sorted(varying, key=AXES.index) if len(runs) > 1 else []
+    cols = [c for c in (*shown_axes, "outcome", "estimator", "term", "n_draws", "n_failed",
+                        "mean_truth", "bias", "bias_mcse", "rmse", "se_sd_ratio",
+                        "coverage", "rejection", "rejection_is", "ci_width",
+                        "pretrend_reject") if c in head]
+    print_table(f"Diagnosands over {cfg.experiment.n_reps} draws per cell "
+                "(MC standard errors in diagnosands.csv)", head[cols])
+    alpha = head["alpha"] if "alpha" in head else [0.05]
+    level = report.level(alpha)
+    at = (f"{float(pd.Series(alpha).iloc[0]):g}" if level != "1 - alpha"
+          else "each estimator's alpha")
+    sections = [
+        f"## Monte Carlo: {cfg.experiment.n_reps} draws per cell, seed {cfg.seed}\n\n"
+        f"Bias is against each draw's exact ATT; coverage is of the {level} CI; rejection is "
+        f"at {at} (size when the effect is zero, power otherwise); `_mcse` columns in "
+        "`diagnosands.csv` give Monte Carlo standard errors.\n\n"
+        + report.markdown_table(head[cols]) + "\n"]
+    if cfg.experiment.figures:
+        outcome0 = list(cfg.experiment.outcomes)[0]
+        paths = report.diagnosand_figures(diag, [a for a in AXES if a in axes_frame],
+                                          out / "figures", outcome=outcome0)
+        written["diagnosand_figures"] = paths
+        sections += [f"![{p.stem}](figures/{p.name})\n" for p in paths]
+    written["diagnosands_table"] = diag
+    return written, sections
