@@ -229,6 +229,8 @@ def renamed(**old_to_new: str | tuple[str, Callable[[Any, Any], Any]]) -> Callab
         __init__.__wrapped__ = init  # type: ignore[attr-defined]
         cls.__init__ = __init__  # type: ignore[method-assign]
         cls.__renamed__ = {old: new for old, (new, _) in table.items()}  # type: ignore[attr-defined]
+        cls.__renamed_converted__ = frozenset(  # type: ignore[attr-defined]
+            old for old, (_, convert) in table.items() if convert is not None)
         return cls
 
     return deco

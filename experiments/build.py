@@ -55,6 +55,10 @@ def estimator_options(entry: catalog.Entry, spec: Mapping[str, Any], where: str)
             warnings.warn(f"{where}.{old} is deprecated and will be removed in the next "
                           f"release; use {where}.{new}", FutureWarning, stacklevel=2)
         values[old] = value  # the class maps it (and converts old value conventions)
+        if old not in getattr(entry.cls, "__renamed_converted__", ()):
+            # the schema always fills the new key with its default: the old key, which the
+            # user did set, wins
+            values.pop(new, None)
     declared = {o.name: o for o in entry.options()}
     allowed = set(declared) | set(renamed)
     unknown = sorted(set(values) - allowed)

@@ -5,6 +5,7 @@ from the command line, and the four runs the catalogue issue named behave."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -76,17 +77,29 @@ def test_yaml_states_every_departure_from_the_class(path):
                     f"{entry.cls.__name__}'s default {opt.default!r} without saying so")
 
 
+@functools.lru_cache(maxsize=1)
+def _kinds_of_files() -> dict[str, str]:
+    """Option file stem -> the estimator kind it configures (one composition for all)."""
+    cfg = compose(["estimator=[" + ",".join(p.stem for p in YAMLS) + "]"])
+    return {label: node.kind for label, node in cfg.estimator.items()}
+
+
+def _file_of(kind: str) -> Path:
+    stem = next(stem for stem, k in _kinds_of_files().items() if k == kind)
+    return CONF_DIR / "estimator" / f"{stem}.yaml"
+
+
 def test_every_kind_has_an_option_file():
-    kinds = {compose([f"estimator=[{p.stem}]"]).estimator[p.stem].kind for p in YAMLS}
-    assert set(catalog.kinds()) <= kinds
+    assert set(catalog.kinds()) <= set(_kinds_of_files().values())
 
 
 @pytest.mark.parametrize("kind", catalog.kinds())
 def test_every_option_can_be_set_from_the_command_line(kind):
     """Each option accepts its own default as a command-line override (the composition
     failure of ``estimator.psm_did.ties=random`` was a missing schema field)."""
-    path = next(p for p in YAMLS if compose([f"estimator=[{p.stem}]"]).estimator[p.stem].kind == kind)
+    path = _file_of(kind)
     entry = catalog.entry(kind)
+    overrides, expected = [], {}
     for opt in entry.options():
         if opt.default is catalog.REQUIRED or opt.default is None:
             continue
@@ -94,8 +107,11 @@ def test_every_option_can_be_set_from_the_command_line(kind):
         text = (str(value).lower() if isinstance(value, bool)
                 else "[" + ",".join(map(str, value)) + "]" if isinstance(value, tuple)
                 else str(value))
-        cfg = compose([f"estimator=[{path.stem}]", f"estimator.{path.stem}.{opt.name}={text}"])
-        assert OmegaConf.to_container(cfg.estimator[path.stem])[opt.name] == _plain(value)
+        overrides.append(f"estimator.{path.stem}.{opt.name}={text}")
+        expected[opt.name] = _plain(value)
+    cfg = compose([f"estimator=[{path.stem}]", *overrides])
+    composed = OmegaConf.to_container(cfg.estimator[path.stem])
+    assert {k: composed[k] for k in expected} == expected
 
 
 def test_psm_ties_from_the_command_line():
@@ -188,3 +204,60 @@ def test_regression_table_says_group_by_year(province):
     assert year.split("|")[2:4] == [" Yes ", " No "]
     east = next(line for line in md.splitlines() if line.startswith("| east-by-year FE"))
     assert east.split("|")[2:4] == [" No ", " Yes "]
+
+
+# --- old spellings keep working for one release ------------------------------------------
+
+@pytest.mark.parametrize("make_old, new", [
+    (lambda: __import__("estimators.drdid", fromlist=["DRDID"]).DRDID("lnce", controls=("lnpgdp",)),
+     {"covariates": ("lnpgdp",)}),
+    (lambda: __import__("estimators.callaway_santanna", fromlist=["x"]).CallawaySantAnna(
+        "lnce", bootstrap=True), {"n_boot": 999}),
+    (lambda: __import__("estimators.callaway_santanna", fromlist=["x"]).CallawaySantAnna(
+        "lnce", bootstrap=True, n_boot=199), {"n_boot": 199}),
+    (lambda: __import__("estimators.callaway_santanna", fromlist=["x"]).CallawaySantAnna(
+        "lnce", bootstrap=False), {"n_boot": 0}),
+    (lambda: __import__("estimators.mediation", fromlist=["x"]).Mediation(
+        "lnce", ("lnes", "lntech"), lags=(0, 2), ci="bc", bootstrap="stratified"),
+     {"mediator_lags": (0, 2), "boot_ci": "bc", "stratify": True, "n_boot": 999}),
+    (lambda: __import__("estimators.mediation", fromlist=["x"]).Mediation(
+        "lnce", bootstrap="none"), {"n_boot": 0}),
+    (lambda: __import__("estimators.sun_abraham", fromlist=["x"]).SunAbraham(
+        "lnce", control="last"), {"control_group": "lasttreated"}),
+    (lambda: __import__("estimators.psm_did", fromlist=["x"]).PSMDID(
+        "lnce", inference="bootstrap"), {"n_boot": 499}),
+    (lambda: __import__("estimators.drdid", fromlist=["x"]).DRDID(
+        "lnce", inference="influence", n_boot=40), {"n_boot": 0}),
+    (lambda: __import__("estimators.oaxaca", fromlist=["x"]).OaxacaBlinder(
+        "lnce", group="east"), {"by": "east"}),
+])
+def test_old_spellings_still_work_with_a_warning(make_old, new):
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        est = make_old()
+    for key, value in new.items():
+        assert getattr(est, key) == value
+
+
+def test_old_and_new_spellings_give_the_same_numbers(province):
+    from estimators.drdid import DRDID
+
+    with pytest.warns(DeprecationWarning):
+        old = DRDID("lnce", controls=("lnpgdp",)).fit(province)
+    new = DRDID("lnce", covariates=("lnpgdp",)).fit(province)
+    assert (old.estimate, old.std_error) == (new.estimate, new.std_error)
+
+
+def test_old_config_key_is_mapped_with_a_warning():
+    from experiments import build
+
+    build._WARNED.clear()
+    cfg = compose(["estimator=[dr_did,callaway_santanna]", "estimator.dr_did.controls=[lnpgdp]",
+                   "estimator.dr_did.covariates=[]", "estimator.callaway_santanna.bootstrap=true"])
+    with pytest.warns(FutureWarning) as record:
+        built = build_estimators(cfg, ["lnce"])
+    said = [str(w.message) for w in record]
+    assert any("estimator.dr_did.controls is deprecated" in m
+               and "use estimator.dr_did.covariates" in m for m in said)
+    assert any("estimator.callaway_santanna.bootstrap" in m for m in said)
+    assert built[("lnce", "dr_did")].covariates == ("lnpgdp",)
+    assert built[("lnce", "callaway_santanna")].n_boot == 999

@@ -24,7 +24,8 @@ from simulate.design import Assignment
 from simulate.mediators import Channel, seed002_channels
 from simulate.province import BETA_LNCE, draw_province
 
-SEED002 = Path("/work/shared/reference/seed002_tables.yaml")
+# seed 002's printed tables, shipped beside the tests (see tests/data/README.md)
+SEED002 = Path(__file__).resolve().parent / "data" / "seed002_tables.yaml"
 CONTROLS = ("lnpgdp", "lnpeople", "lnfdi")
 
 

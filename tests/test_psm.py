@@ -190,7 +190,7 @@ def test_random_ties_need_and_follow_the_generator():
 # distance = "glm"): greedy 1:1 without replacement, largest score first, no caliper.
 # summary(m.out1), "Summary of Balance for Matched Data", column "Means Control";
 # distance means of the treated and of all controls from "Summary of Balance for All Data".
-# ATT on re78 from that matched set: 894.37 (pinned; /work/shared/reference/published_results.md).
+# ATT on re78 from that matched set: 894.37 (pinned; the project reference notes, published_results.md).
 MATCHIT_CONTROL_MEANS = {"pscore": 0.3629, "age": 25.3027, "educ": 10.6054, "black": 0.4703,
                          "hispan": 0.2162, "married": 0.2108, "nodegree": 0.6378,
                          "re74": 2342.1076, "re75": 1614.7451}
