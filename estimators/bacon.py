@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .panel import EstimationError, OptionError
+from .panel import excluding_always_treated, EstimationError, OptionError
 from .result import Estimate
 from .twfe import TWFE
 from .wide import to_wide
@@ -42,6 +42,7 @@ class BaconDecomposition:
     outcome: str
     label: str = "bacon"
 
+    @excluding_always_treated
     def decompose(self, panel: pd.DataFrame) -> pd.DataFrame:
         w = to_wide(panel, self.outcome, (), "the Goodman-Bacon decomposition")
         periods = w.periods
@@ -93,6 +94,7 @@ class BaconDecomposition:
         if not isinstance(self.outcome, str) or not self.outcome:
             raise OptionError(f"outcome={self.outcome!r} must name a column")
 
+    @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         """Decompose the TWFE coefficient; ``rng`` is not used."""
         self.check()
@@ -128,5 +130,6 @@ class BaconDecomposition:
                    "units as controls (biased when effects change over time)",),
         )
 
+    @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         return TWFE(self.outcome).estimand(panel)

@@ -7,15 +7,16 @@ dynamic, group, calendar), as R's ``did`` does. Inference from the influence fun
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import special
 
 from .catalog import renamed
-from .panel import D, EstimationError, OptionError, check_alpha, check_choice, check_count
+from .design import period_positions
+from .panel import excluding_always_treated, D, EstimationError, OptionError, check_alpha, check_choice, check_count
 from .result import Estimate, critical_value
 from .wide import Wide, to_wide
 
@@ -128,6 +129,22 @@ class GroupTime:
     pg: np.ndarray         # (m,) P(G = g) of each cell's cohort
     cohort: np.ndarray     # (n,) each unit's cohort
     n: int
+    #: calendar label of each period position: group, time and cohort above are positions
+    #: on the panel's periods counted from 1 (0 = never treated), so that base periods,
+    #: anticipation and event times count periods when years have gaps
+    periods: np.ndarray | None = None
+
+    def label(self, position: float | np.ndarray) -> Any:
+        """Calendar period of a position (the position itself when no labels are kept)."""
+        if self.periods is None:
+            return position
+        pos = np.asarray(position) - 1
+        step = self.periods[1] - self.periods[0] if self.periods.size > 1 else 1
+        inside = np.clip(pos.astype(int), 0, self.periods.size - 1)
+        # a regular grid extends beyond its ends (cohorts treated after the last period)
+        out = np.where((pos >= 0) & (pos < self.periods.size), self.periods[inside],
+                       self.periods[0] + pos * step)
+        return out.astype(np.int64) if out.ndim else int(out)
 
     def se(self) -> np.ndarray:
         return np.sqrt(np.mean(self.inf**2, axis=0) / self.n)
@@ -346,12 +363,24 @@ class CallawaySantAnna:
         """Whether the multiplier bootstrap gives the SEs (``n_boot > 0``)."""
         return self.n_boot > 0
 
+    @excluding_always_treated
     def group_time(self, panel: pd.DataFrame) -> GroupTime:
         self.check()
         w = to_wide(panel, self.outcome, tuple(self.covariates), "Callaway-Sant'Anna")
-        return group_time(w, self.control_group, self.base_period, self.anticipation,
-                          self.method, tuple(self.covariates))
+        # work on period positions: with gaps between years (biennial surveys) the base
+        # period, anticipation and event times count the panel's periods, not calendar years
+        calendar = w.periods
+        cohort = np.zeros(w.cohort.size, dtype=float)
+        treated = w.cohort > 0
+        cohort[treated] = period_positions(w.cohort[treated], calendar, what="cohort")
+        # positions count from 1 so that cohort 0 keeps meaning "never treated"
+        positions = replace(w, periods=np.arange(1, calendar.size + 1, dtype=np.int64),
+                            cohort=np.where(treated, cohort + 1, 0).astype(np.int64))
+        gt = group_time(positions, self.control_group, self.base_period, self.anticipation,
+                        self.method, tuple(self.covariates))
+        return replace(gt, periods=calendar)
 
+    @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         gt = self.group_time(panel)
         if self.bootstrap and rng is None:
@@ -361,13 +390,16 @@ class CallawaySantAnna:
         overall: dict[str, tuple[float, np.ndarray]] = {}
         for kind in AGGREGATIONS:
             table, est, inf = aggregate(gt, kind)
+            if kind in ("group", "calendar"):  # positions -> the panel's own periods
+                table["level"] = gt.label(table["level"].to_numpy())
             table.insert(0, "aggregation", kind)
             frames.append(table)
             overall[kind] = (est, inf)
         cell = pd.DataFrame({"aggregation": "group_time",
-                             "level": [f"{g}:{t}" for g, t in zip(gt.group, gt.time)],
+                             "level": [f"{g}:{t}" for g, t in zip(gt.label(gt.group),
+                                                                  gt.label(gt.time))],
                              "estimate": gt.att, "inf": list(gt.inf.T),
-                             "group": gt.group, "time": gt.time})
+                             "group": gt.label(gt.group), "time": gt.label(gt.time)})
         frames.insert(0, cell)
         detail = pd.concat(frames, ignore_index=True)
         for kind in AGGREGATIONS:
@@ -445,6 +477,7 @@ class CallawaySantAnna:
             event_cov=event_cov,
         )
 
+    @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         """True simple ATT (mean effect over treated unit-periods, cohorts weighted by size,
         as the simple aggregation) and dynamic overall on a simulated panel."""
@@ -461,6 +494,7 @@ def staggered_truth(panel: pd.DataFrame, outcome: str, anticipation: int = 0) ->
     """Estimands of the staggered estimators on a simulated panel (``te_<outcome>``):
     ``ATT`` (mean over treated unit-periods), ``ATT_dynamic`` (mean over e >= 0 of the
     event-time ATTs), ``ATT_group`` and ``ATT_calendar``, and ``ev+k`` event-time ATTs."""
+    from .design import event_time
     from .panel import COHORT, TIME
 
     te = panel[f"te_{outcome}"].to_numpy()
@@ -468,7 +502,7 @@ def staggered_truth(panel: pd.DataFrame, outcome: str, anticipation: int = 0) ->
     t = panel[TIME].to_numpy()
     d = panel[D].to_numpy() == 1
     out = {"ATT": float(te[d].mean())}
-    e = np.where(coh > 0, t - coh, np.nan)
+    e = event_time(panel)  # counted in the panel's periods
     ev = {}
     for k in np.unique(e[~np.isnan(e)]):
         m = e == k

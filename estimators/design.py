@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .fe import Dof, within_balanced, within_general
-from .panel import COHORT, D, TIME, UNIT, PanelError, _codes, check_panel
+from .panel import COHORT, D, TIME, UNIT, EstimationError, PanelError, _codes, check_panel
 
 
 @dataclass(frozen=True)
@@ -169,12 +169,62 @@ def fe_arrays(
                     clusters, n_clusters, w, n_time_groups)
 
 
-def event_time(panel: pd.DataFrame) -> np.ndarray:
-    """Periods since treatment (``time - cohort``); NaN for never-treated units."""
+def event_time(panel: pd.DataFrame, times: np.ndarray | None = None) -> np.ndarray:
+    """Periods since treatment, counted in the panel's periods; NaN for never-treated units.
+
+    With consecutive years this is ``time - cohort``. With a regular step (biennial
+    surveys: 2004, 2006, ...) it is ``(time - cohort) / step``, so event time -1 is the
+    period before treatment, not a calendar year that has no rows. With irregular gaps it
+    is the difference of the periods' positions. A cohort that does not fall on the panel's
+    periods (treated in 2011 in a biennial panel observed in 2010 and 2012) has no
+    well-defined event time and is refused.
+
+    Parameters
+    ----------
+    panel
+        Canonical panel (``time``, ``cohort``).
+    times
+        The panel's periods, when ``panel`` is a subset of the rows (default: its own).
+    """
     cohort = panel[COHORT].to_numpy(dtype=float)
-    rel = panel[TIME].to_numpy(dtype=float) - cohort
-    rel[cohort == 0] = np.nan
+    t = panel[TIME].to_numpy(dtype=float)
+    grid = np.unique(panel[TIME].to_numpy() if times is None else np.asarray(times)).astype(float)
+    treated = cohort > 0
+    rel = np.full(t.shape, np.nan)
+    rel[treated] = (period_positions(t[treated], grid)
+                    - period_positions(cohort[treated], grid, what="cohort"))
     return rel
 
 
-__all__ = ["FEArrays", "fe_arrays", "codes_of", "event_time", "D"]
+def period_positions(values: np.ndarray, grid: np.ndarray, what: str = "period") -> np.ndarray:
+    """Positions of ``values`` on the panel's periods ``grid`` (0 = first period).
+
+    A regular grid (consecutive years, or every ``step`` years) extends beyond its ends, so a
+    cohort treated after the last period or before the first has a position; on an
+    irregular grid only observed periods (and cohorts before the first, counted from it)
+    do. A value that falls between periods is refused: its event time is undefined.
+    """
+    values = np.asarray(values, dtype=float)
+    grid = np.asarray(grid, dtype=float)
+    steps = np.diff(grid)
+    if steps.size == 0 or np.all(steps == steps[0]):
+        step = steps[0] if steps.size else 1.0
+        pos = (values - grid[0]) / step
+        off = pos != np.round(pos)
+        if off.any():
+            raise EstimationError(
+                f"{what} {values[off][0]:g} does not fall on the panel's periods (every "
+                f"{step:g} from {grid[0]:g}): event time is undefined; give the first treated "
+                "period the panel observes")
+        return pos
+    position = {v: float(i) for i, v in enumerate(grid)}
+    missing = [v for v in values if v not in position and v >= grid[0]]
+    if missing:
+        raise EstimationError(
+            f"{what} {missing[0]:g} is not one of the panel's periods, which are irregular "
+            f"({', '.join(f'{v:g}' for v in grid[:6])}{' ...' if grid.size > 6 else ''}): "
+            "event time is undefined; give the first treated period the panel observes")
+    return np.array([position.get(v, 0.0) for v in values])
+
+
+__all__ = ["FEArrays", "fe_arrays", "codes_of", "event_time", "period_positions", "D"]

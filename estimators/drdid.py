@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .matching import _panel_data, _subjects, balance_table, effective_n, fit_binary, parse_baseline
-from .panel import D, TIME, EstimationError, OptionError, check_choice
+from .panel import excluding_always_treated, D, TIME, EstimationError, OptionError, check_choice
 from .catalog import renamed
 from .psm_did import BOOT_CI, _boot_summary, _old_inference, _psm_terms
 from .result import Estimate, critical_value, p_value, terms_frame
@@ -162,6 +162,7 @@ class DRDID:
     alpha: float = 0.05
     label: str = "dr_did"
 
+    @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         """True ATT over treated cells (``mean te_<outcome>`` over ``d == 1`` rows)."""
         te = panel[f"te_{self.outcome}"].to_numpy()
@@ -251,6 +252,7 @@ class DRDID:
             total[idx] += wj * (n_used / idx.size) * inf
         return float(w @ atts), total[used], atts, ses, used
 
+    @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         """Estimate the ATT (see the class docstring)."""
         ua = self._unit_arrays(panel)

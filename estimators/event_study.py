@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import special
 
 from .design import event_time, fe_arrays
-from .panel import EstimationError, OptionError, check_panel
+from .panel import excluding_always_treated, EstimationError, OptionError, check_panel
 from .result import Estimate, critical_value, p_value
 from .regression import InferenceOptions, fit_fe
 
@@ -111,6 +111,7 @@ class EventStudy(InferenceOptions):
             raise OptionError(f"ref={self.ref} lies outside the event window [-{leads}, {lags}]")
         return rel, leads, lags
 
+    @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         """True values on a simulated panel: for each event-time term, the mean effect over
         treated observations in that (binned) event time minus the same at ``ref``; for
@@ -130,6 +131,7 @@ class EventStudy(InferenceOptions):
         out["ATT_post"] = float(np.nanmean(post))
         return out
 
+    @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         """Estimate the event study on ``panel``; ``rng`` is not used."""
         self.check()

@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import special
 
 from .design import fe_arrays
-from .panel import D, UNIT, EstimationError, OptionError, PanelError, check_panel
+from .panel import excluding_always_treated, D, UNIT, EstimationError, OptionError, PanelError, check_panel
 from .result import Estimate, critical_value, p_value, terms_frame
 from .regression import InferenceOptions, fit_fe
 
@@ -73,6 +73,7 @@ class Heterogeneity(InferenceOptions):
             raise OptionError(f"controls {list(self.controls)} must not include the outcome "
                               f"or the split column {self.by!r}")
 
+    @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         """Estimate the effects by subgroup; ``rng`` is not used."""
         self.check()
@@ -118,6 +119,7 @@ class Heterogeneity(InferenceOptions):
             notes=(f"gap = effect in {self.by}={levels[-1]} minus effect in {self.by}={levels[0]}",),
         )
 
+    @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         """True effect of each group and the gap (mean unit-period effect over treated cells)."""
         values, levels = self._groups(panel)

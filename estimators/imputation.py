@@ -10,7 +10,8 @@ import pandas as pd
 from scipy import special
 
 from .design import codes_of, event_time, fe_arrays
-from .panel import COHORT, D, UNIT, EstimationError, OptionError, check_alpha, check_count, check_panel
+from .panel import (excluding_always_treated, COHORT, D, TIME, UNIT, EstimationError, OptionError, check_alpha,
+                    check_count, check_panel)
 from .result import Estimate, critical_value, p_value
 from .regression import fit_fe
 
@@ -61,6 +62,7 @@ class Imputation:
         if self.outcome in tuple(self.controls):
             raise OptionError(f"controls {list(self.controls)} must not include the outcome")
 
+    @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         """Estimate the imputation ATT and event-time effects; ``rng`` is not used."""
         self.check()
@@ -125,7 +127,8 @@ class Imputation:
         ev_names = names[1:]
         event_cov = pd.DataFrame(cov[1:, 1:], index=ev_names, columns=ev_names)
         diagnostics = {"n_treated_obs": float(tau.size)}
-        diagnostics.update(self._pretrend(panel[untreated], unit[untreated]))
+        diagnostics.update(self._pretrend(panel[untreated], unit[untreated],
+                                          np.unique(panel[TIME].to_numpy())))
         return Estimate(
             estimator=self.label, term="ATT", estimate=float(est[0]), std_error=float(se[0]),
             p_value=float(terms["p_value"].iloc[0]), conf_low=float(terms["conf_low"].iloc[0]),
@@ -137,11 +140,13 @@ class Imputation:
             event_cov=event_cov,
         )
 
-    def _pretrend(self, untreated: pd.DataFrame, unit_codes: np.ndarray) -> dict[str, float]:
+    def _pretrend(self, untreated: pd.DataFrame, unit_codes: np.ndarray,
+                  times: np.ndarray) -> dict[str, float]:
+        """BJS test 1: leads counted in the panel's periods (not calendar years)."""
         k = self.pretrend_leads
         if k == 0:
             return {}
-        rel = event_time(untreated)
+        rel = event_time(untreated, times)
         leads = {f"lead{j}": (rel == -j).astype(float) for j in range(1, k + 1)
                  if (rel == -j).any()}
         if not leads:
@@ -159,6 +164,7 @@ class Imputation:
         return {"pretrend_F": f, "pretrend_df1": float(len(idx)),
                 "pretrend_p": float(special.fdtrc(len(idx), res.df, f))}
 
+    @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         from .callaway_santanna import staggered_truth
 

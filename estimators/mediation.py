@@ -36,7 +36,7 @@ from scipy import special
 
 from .design import FEArrays, codes_of, fe_arrays
 from .fe import within_general
-from .panel import (COHORT, D, TIME, UNIT, DidlabError, EstimationError, OptionError,
+from .panel import (excluding_always_treated, COHORT, D, TIME, UNIT, DidlabError, EstimationError, OptionError,
                     PanelError, check_choice, check_panel)
 from .result import Estimate, critical_value, p_value
 from .resample import draw_units
@@ -592,10 +592,12 @@ class Mediation(InferenceOptions):
 
     # --- the public surface -----------------------------------------------------------------
 
+    @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         """Estimate every path and the indirect effects (see the class docstring)."""
         return self.run(panel, rng).estimate
 
+    @excluding_always_treated
     def run(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> MediationRun:
         """Fit, bootstrap, and keep the bootstrap draws beside the estimate."""
         mediators, lags, labels, controls = self._spec()
@@ -628,6 +630,7 @@ class Mediation(InferenceOptions):
         est = self._estimate(point, paths.values, boot, terms, labels, blocks, panel, notes)
         return MediationRun(est, units, pd.DataFrame(boot, copy=False))
 
+    @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         """True values of the terms on a simulated panel, from its truth columns.
 

@@ -18,8 +18,10 @@ potential outcome) and ``te_<outcome>`` (the unit-period treatment effect).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -52,18 +54,26 @@ class EstimationError(DidlabError):
     """An estimator cannot produce an estimate on this panel (no variation, singular design)."""
 
 
+def show(value: object) -> str:
+    """A value as the user wrote it: numpy scalars as plain numbers (``0``, not
+    ``np.int64(0)``), strings quoted."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
+
+
 def check_choice(name: str, value: object, allowed: Iterable[object]) -> None:
     """Raise :class:`OptionError` unless ``value`` is one of ``allowed``, listing them."""
     allowed = tuple(allowed)
     if value not in allowed:
-        shown = ", ".join(repr(a) for a in allowed)
-        raise OptionError(f"{name}={value!r} is not accepted; use one of {shown}")
+        shown = ", ".join(show(a) for a in allowed)
+        raise OptionError(f"{name}={show(value)} is not accepted; use one of {shown}")
 
 
 def check_alpha(alpha: float, name: str = "alpha") -> None:
     """Raise :class:`OptionError` unless ``0 < alpha < 1``."""
     if not isinstance(alpha, (int, float, np.floating)) or not 0 < alpha < 1:
-        raise OptionError(f"{name}={alpha!r} must lie strictly between 0 and 1")
+        raise OptionError(f"{name}={show(alpha)} must lie strictly between 0 and 1")
 
 
 def check_count(name: str, value: object, minimum: int = 0, optional: bool = False) -> None:
@@ -73,7 +83,7 @@ def check_count(name: str, value: object, minimum: int = 0, optional: bool = Fal
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         extra = " or None" if optional else ""
-        raise OptionError(f"{name}={value!r} must be an integer >= {minimum}{extra}")
+        raise OptionError(f"{name}={show(value)} must be an integer >= {minimum}{extra}")
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,7 @@ def _where(df: pd.DataFrame, mask: np.ndarray, limit: int = 3) -> str:
     if rows.empty:
         return ""
     pairs = ", ".join(
-        "(" + ", ".join(f"{k}={v!r}" for k, v in r.items()) + ")" for r in rows.to_dict("records")
+        "(" + ", ".join(f"{k}={show(v)}" for k, v in r.items()) + ")" for r in rows.to_dict("records")
     )
     more = " ..." if int(mask.sum()) > limit else ""
     return f" at {pairs}{more}"
@@ -244,7 +254,7 @@ def check_panel(
     varies = unit_cohort[unit] != cohort
     if varies.any():
         u = unit_raw[varies][0]
-        raise PanelError(f"unit {u!r} has more than one {COHORT!r} value; a cohort is per unit")
+        raise PanelError(f"unit {show(u)} has more than one {COHORT!r} value; a cohort is per unit")
     expected = (cohort > 0) & (time >= cohort)
     bad = expected != (d == 1)
     if bad.any():
@@ -317,3 +327,51 @@ def treatment_from_cohort(cohort: np.ndarray, time: np.ndarray) -> np.ndarray:
     """The treatment indicator ``d`` implied by a cohort column (absorbing treatment)."""
     cohort = np.asarray(cohort)
     return ((cohort > 0) & (np.asarray(time) >= cohort)).astype(np.int8)
+
+
+def always_treated(panel: pd.DataFrame) -> np.ndarray:
+    """Rows of units treated in the panel's first period or before (``0 < cohort <= first
+    period``): they are never observed untreated."""
+    cohort = panel[COHORT].to_numpy()
+    return (cohort > 0) & (cohort <= panel[TIME].min())
+
+
+def drop_always_treated(panel: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The panel without always-treated units, and a note naming how many were excluded.
+
+    A unit treated from the first observed period has no untreated period: it identifies no
+    treatment effect and, kept as a comparison, it is an already-treated unit whose effect
+    leaks into the estimate. R's ``did`` drops such units with a warning and fixest's
+    ``sunab`` bins them out of the interactions; didlab excludes them in every estimator
+    and says so in the Estimate's notes.
+    """
+    if COHORT not in panel.columns or TIME not in panel.columns or not len(panel):
+        return panel, None
+    mask = always_treated(panel)
+    if not mask.any():
+        return panel, None
+    units = np.unique(panel.loc[mask, UNIT].to_numpy())
+    first = panel[TIME].min()
+    note = (f"{units.size} always-treated unit(s) (treated in or before the first period, "
+            f"{show(first)}) excluded: they have no untreated period (as R did and fixest)")
+    return panel.loc[~mask], note
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def excluding_always_treated(method: _F) -> _F:
+    """Decorator for ``fit``, ``estimand`` and the like: run ``method`` on the panel without
+    always-treated units; an Estimate returned gets the note naming how many."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, panel: pd.DataFrame, *args: Any, **kwargs: Any) -> Any:
+        kept, note = drop_always_treated(panel)
+        if note and not kept[COHORT].gt(0).any():
+            raise EstimationError(f"{note}; no other treated unit is left")
+        out = method(self, kept, *args, **kwargs)
+        if note and dataclasses.is_dataclass(out) and hasattr(out, "notes"):
+            out = dataclasses.replace(out, notes=(*out.notes, note))
+        return out
+
+    return wrapper  # type: ignore[return-value]

@@ -25,7 +25,7 @@ import pandas as pd
 
 from .design import codes_of, fe_arrays
 from .fe import cluster_scores, ssc_factor, within_balanced, within_general
-from .panel import (COHORT, D, TIME, UNIT, EstimationError, OptionError, PanelError,
+from .panel import (excluding_always_treated, COHORT, D, TIME, UNIT, EstimationError, OptionError, PanelError,
                     check_choice, check_count, check_panel, treatment_from_cohort)
 from .result import Estimate
 from .regression import fit_fe
@@ -331,6 +331,7 @@ class RandomizationInference:
             raise OptionError("random permutations need a generator: fit(panel, rng=...)")
         return draw_assignments(cohorts, self.n_perm, rng, strata), False
 
+    @excluding_always_treated
     def run(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> PlaceboDistribution:
         """Actual estimate, permutation distribution and p-value."""
         actual_est = self.base.fit(panel)
@@ -365,6 +366,7 @@ class RandomizationInference:
         )
         return PlaceboDistribution(est, actual, placebo, draws)
 
+    @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         return self.run(panel, rng).estimate
 

@@ -28,7 +28,8 @@ from .fe import ols_fe
 from .matching import (MatchOptions, MatchResult, _match_subjects, _matching_diagnostics,
                        _no_match_error, _PanelData, _panel_data, _Subjects, _subjects,
                        balance_table, parse_baseline)
-from .panel import COHORT, D, TIME, UNIT, EstimationError, OptionError, PanelError, check_choice
+from .panel import (excluding_always_treated, COHORT, D, TIME, UNIT, EstimationError, OptionError,
+                    PanelError, check_choice)
 from .catalog import renamed
 from .regression import InferenceOptions
 from .result import Estimate, critical_value, p_value
@@ -253,6 +254,7 @@ class PSMDID(MatchOptions, InferenceOptions):
             raise OptionError(f"controls {list(controls)} must not include {D!r} or the outcome")
         return parse_baseline(self.baseline, row_level=True)
 
+    @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         """True value of the headline on a simulated panel: the ATT over treated cells
         (``mean te_<outcome>`` over rows with ``d == 1``, as :meth:`TWFE.estimand`)."""
@@ -294,12 +296,14 @@ class PSMDID(MatchOptions, InferenceOptions):
         pairs["weight"] = m.pairs_weight
         return MatchResult(pd.DataFrame(table), pd.DataFrame(pairs), bal, diag, subj.level, row_w)
 
+    @excluding_always_treated
     def match(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> MatchResult:
         """Score and match without estimating: per-subject scores and weights, the pairs,
         the balance table and the diagnostics (for tables and figures)."""
         data, subj = self._prepare(panel)
         return self._match_prepared(data, subj, rng)
 
+    @excluding_always_treated
     def matched_estimand(self, panel: pd.DataFrame, rng: np.random.Generator | None = None
                          ) -> dict[str, float]:
         """True ATT of the treated subjects that matching keeps, on a simulated panel.
@@ -338,6 +342,7 @@ class PSMDID(MatchOptions, InferenceOptions):
             raise _no_match_error(diag, self)
         return mr, self._did(data.panel, mr.row_weights)
 
+    @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         """Match, then estimate the ATT by DID (see the class docstring)."""
         data, subj = self._prepare(panel)

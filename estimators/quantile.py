@@ -28,7 +28,7 @@ from scipy import sparse
 from scipy.optimize import linprog
 
 from .design import codes_of
-from .panel import (COHORT, D, TIME, UNIT, EstimationError, OptionError, check_alpha, check_count,
+from .panel import (excluding_always_treated, COHORT, D, TIME, UNIT, EstimationError, OptionError, check_alpha, check_count,
                     check_panel)
 from .resample import draw_units
 from .result import Estimate, critical_value, terms_frame
@@ -120,6 +120,7 @@ class QuantileDID:
         if self.outcome in tuple(self.controls):
             raise OptionError(f"controls {list(self.controls)} must not include the outcome")
 
+    @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         self.check()
         qs = _check_quantiles(self.quantiles)
@@ -179,7 +180,7 @@ class ChangesInChanges:
     def _cells(self, panel: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cohorts = np.unique(panel.loc[panel[COHORT] > 0, COHORT])
         if cohorts.size != 1:
-            raise EstimationError(f"changes-in-changes needs one treatment date; found {list(cohorts)}")
+            raise EstimationError(f"changes-in-changes needs one treatment date; found {[int(c) for c in cohorts]}")
         treated = panel[COHORT].to_numpy() > 0
         post = panel[TIME].to_numpy() >= cohorts[0]
         return treated, post, panel[self.outcome].to_numpy(float)
@@ -188,6 +189,7 @@ class ChangesInChanges:
         """Validate every option (see :mod:`estimators.catalog`)."""
         _check_common(self)
 
+    @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         self.check()
         qs = _check_quantiles(self.quantiles)
@@ -219,6 +221,7 @@ class ChangesInChanges:
                          else "no SEs",
                          ("quantile treatment effects on the treated (Athey-Imbens)",))
 
+    @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         """True QTTs and ATT of the draw: quantiles of the treated post-period outcome with
         and without the effect (``y0_<outcome>``)."""

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .design import event_time, fe_arrays
 from .catalog import renamed
-from .panel import COHORT, EstimationError, OptionError, check_choice, check_panel
+from .panel import excluding_always_treated, COHORT, EstimationError, OptionError, check_choice, check_panel
 from .result import Estimate, critical_value, p_value
 from .regression import InferenceOptions, fit_fe
 
@@ -57,6 +57,7 @@ class SunAbraham(InferenceOptions):
         if self.ref >= 0:
             raise OptionError(f"ref={self.ref} must be a pre-treatment event time (negative)")
 
+    @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         """Estimate the interaction-weighted event study; ``rng`` is not used."""
         self.check()
@@ -130,6 +131,7 @@ class SunAbraham(InferenceOptions):
             event_cov=pd.DataFrame(ev_cov, index=ev_names, columns=ev_names),
         )
 
+    @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         from .callaway_santanna import staggered_truth
 

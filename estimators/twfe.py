@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .design import fe_arrays
-from .panel import COHORT, D, TIME, EstimationError, OptionError
+from .panel import excluding_always_treated, COHORT, D, TIME, EstimationError, OptionError
 from .regression import InferenceOptions, fit_fe
 from .result import Estimate, critical_value, p_value
 
@@ -84,6 +84,7 @@ class TWFE(InferenceOptions):
     time_by: str | None = None
     label: str = "twfe"
 
+    @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         """True value of the headline on a simulated panel: the ATT over treated cells."""
         te = panel[f"te_{self.outcome}"].to_numpy()
@@ -97,6 +98,7 @@ class TWFE(InferenceOptions):
         if D in controls or self.outcome in controls:
             raise OptionError(f"controls {list(controls)} must not include {D!r} or the outcome")
 
+    @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         """Estimate the ATT on ``panel`` (see the class docstring); ``rng`` is not used."""
         self.check()
