@@ -129,6 +129,8 @@ class GroupTime:
     pg: np.ndarray         # (m,) P(G = g) of each cell's cohort
     cohort: np.ndarray     # (n,) each unit's cohort
     n: int
+    #: cells that are a universal base period (ATT 0 by construction, no variance)
+    reference: np.ndarray | None = None
     #: calendar label of each period position: group, time and cohort above are positions
     #: on the panel's periods counted from 1 (0 = never treated), so that base periods,
     #: anticipation and event times count periods when years have gaps
@@ -160,16 +162,24 @@ def group_time(w: Wide, control_group: str, base_period: str, anticipation: int,
         raise EstimationError("no treated cohort has a pre-treatment period in the sample")
     n = w.n
     cells_g, cells_t, atts, infs = [], [], [], []
+    reference = []
     for g in groups:
         pre = np.flatnonzero(periods + anticipation < g)
         g_base = pre[-1]
-        for ti in range(1, periods.size):
+        # a varying base needs the period before; a universal base compares every period,
+        # the first included, with g - 1 - anticipation (R did's att_gt)
+        for ti in range(0 if base_period == "universal" else 1, periods.size):
             t = periods[ti]
             if base_period == "varying":
                 base = g_base if t >= g - anticipation else ti - 1
             else:
                 base = g_base
-                if ti == base:
+                if ti == base:  # the base period itself: ATT 0 by construction, as R reports
+                    cells_g.append(g)
+                    cells_t.append(t)
+                    atts.append(0.0)
+                    infs.append(np.zeros(n))
+                    reference.append(True)
                     continue
             treated = w.cohort == g
             if control_group == "nevertreated":
@@ -191,12 +201,14 @@ def group_time(w: Wide, control_group: str, base_period: str, anticipation: int,
             cells_t.append(t)
             atts.append(att)
             infs.append(inf)
-    if not atts:
+            reference.append(False)
+    if not atts or all(reference):
         raise EstimationError("no group-time cell has a comparison group")
     group = np.array(cells_g)
     pg_by_g = {g: np.mean(w.cohort == g) for g in groups}
     return GroupTime(group, np.array(cells_t), np.array(atts), np.column_stack(infs),
-                     np.array([pg_by_g[g] for g in group]), w.cohort, n)
+                     np.array([pg_by_g[g] for g in group]), w.cohort, n,
+                     reference=np.array(reference, dtype=bool))
 
 
 def _wif(keepers: np.ndarray, pg: np.ndarray, cohort: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -226,6 +238,7 @@ def aggregate(gt: GroupTime, kind: str) -> tuple[pd.DataFrame, float, np.ndarray
     column holds influence functions), the overall estimate and its influence function."""
     check_choice("aggregation", kind, AGGREGATIONS)
     post = gt.group <= gt.time
+    estimated = ~gt.reference if gt.reference is not None else np.ones(post.size, dtype=bool)
     if kind == "simple":
         k = np.flatnonzero(post)
         est, inf = _agg(gt, k, gt.pg[k] / gt.pg[k].sum(), True)
@@ -233,9 +246,10 @@ def aggregate(gt: GroupTime, kind: str) -> tuple[pd.DataFrame, float, np.ndarray
     rows, infs = [], []
     if kind == "dynamic":
         e_all = gt.time - gt.group
-        levels = np.unique(e_all)
+        # a universal base period is the reference of the event study, not an estimate
+        levels = np.unique(e_all[estimated])
         for e in levels:
-            k = np.flatnonzero(e_all == e)
+            k = np.flatnonzero((e_all == e) & estimated)
             est, inf = _agg(gt, k, gt.pg[k] / gt.pg[k].sum(), True)
             rows.append(e)
             infs.append((est, inf))
@@ -244,7 +258,9 @@ def aggregate(gt: GroupTime, kind: str) -> tuple[pd.DataFrame, float, np.ndarray
         overall = float(np.mean([a for (a, _), p in zip(infs, pos) if p]))
         inf_overall = np.mean([i for (_, i), p in zip(infs, pos) if p], axis=0)
     elif kind == "group":
-        glist = np.unique(gt.group)
+        # a cohort with no post-period cell (the last cohort under not-yet-treated
+        # comparisons when no unit is never treated) drops out, as in R did
+        glist = np.array([g for g in np.unique(gt.group) if ((gt.group == g) & post).any()])
         for g in glist:
             k = np.flatnonzero((gt.group == g) & post)
             est, inf = _agg(gt, k, np.full(k.size, 1.0 / k.size), False)
@@ -258,7 +274,7 @@ def aggregate(gt: GroupTime, kind: str) -> tuple[pd.DataFrame, float, np.ndarray
         overall, inf_overall = _agg(gt, keep, pg_g / pg_g.sum(), True, att=att_g, inf=inf_g,
                                     group=glist, pg=pg_g)
     else:
-        tlist = np.unique(gt.time[gt.time >= gt.group.min()])
+        tlist = np.unique(gt.time[post])
         for t in tlist:
             k = np.flatnonzero((gt.time == t) & post)
             est, inf = _agg(gt, k, gt.pg[k] / gt.pg[k].sum(), True)
@@ -443,17 +459,26 @@ class CallawaySantAnna:
         h = int(np.flatnonzero(terms["term"].to_numpy() == head_name)[0])
         pre = terms[(terms["aggregation"] == "group_time")]
         pre_mask = (gt.time < gt.group - self.anticipation)
+        if gt.reference is not None:
+            pre_mask &= ~gt.reference  # a universal base period is no test of anything
         diagnostics: dict[str, float] = {"n_cells": float(gt.att.size)}
+        notes = [f"control group: {self.control_group}; base period: {self.base_period}; "
+                 f"method: {self.method}"]
         if pre_mask.any():
             idx = np.flatnonzero(pre_mask)
             b = gt.att[idx]
             v = gt.inf[:, idx].T @ gt.inf[:, idx] / gt.n**2
-            try:
+            rank = np.linalg.matrix_rank(v)
+            if rank < idx.size:
+                # R did drops the test with a warning; say why it is missing
+                notes.append(f"pre-test of parallel trends not computed: the covariance of "
+                             f"the {idx.size} pre-period ATT(g,t) is singular (rank {rank})")
+            else:
                 wald = float(b @ np.linalg.solve(v, b))
                 diagnostics.update(pretrend_chi2=wald, pretrend_df1=float(idx.size),
                                    pretrend_p=float(special.chdtrc(idx.size, wald)))
-            except np.linalg.LinAlgError:
-                pass
+        else:
+            notes.append("pre-test of parallel trends not computed: no pre-period ATT(g,t)")
         if self.bootstrap:
             diagnostics["uniform_crit"] = ucrit
         del pre
@@ -472,8 +497,7 @@ class CallawaySantAnna:
             conf_low=float(terms["conf_low"].iloc[h]), conf_high=float(terms["conf_high"].iloc[h]),
             alpha=self.alpha, n_obs=int(gt.n * panel_periods(panel)), n_units=gt.n,
             n_clusters=gt.n, inference=inference, terms=terms, diagnostics=diagnostics,
-            notes=(f"control group: {self.control_group}; base period: {self.base_period}; "
-                   f"method: {self.method}",),
+            notes=tuple(notes),
             event_cov=event_cov,
         )
 

@@ -65,6 +65,13 @@ def write_table(frame: pd.DataFrame, stem: Path) -> None:
         os.replace(tmp, path)
 
 
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write a CSV atomically (temporary name, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Save atomically so that a killed run leaves no half-written PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
