@@ -199,3 +199,15 @@ def test_modern_estimators_cover_at_nominal_rate():
         assert lo <= diag.loc[label, "coverage"] <= 1.0, label
         assert abs(diag.loc[label, "bias"]) < 3 * diag.loc[label, "bias_mcse"], label
     assert diag.loc["twfe", "coverage"] < lo
+
+
+@pytest.mark.parametrize("controls", [(), ("lnpgdp", "lnes")])
+@pytest.mark.parametrize("data", ["staggered", "unbalanced"])
+def test_imputation_fast_path_equals_dense_dummies(request, data, controls):
+    """The Schur-complement solve (no dense unit dummies) gives the dense dummy regression's
+    numbers: estimates, SEs, event-time terms and their covariance."""
+    panel = request.getfixturevalue(data)
+    fast = Imputation("lnce", controls=controls).fit(panel)
+    dense = Imputation("lnce", controls=controls, fast=False).fit(panel)
+    pd.testing.assert_frame_equal(fast.terms, dense.terms, rtol=1e-9, atol=1e-12)
+    pd.testing.assert_frame_equal(fast.event_cov, dense.event_cov, rtol=1e-8, atol=1e-14)
