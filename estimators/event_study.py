@@ -63,6 +63,9 @@ class EventStudy(InferenceOptions):
     bin_endpoints
         Bin event times beyond the window into the end dummies (default) or drop those
         treated observations.
+    weights
+        Optional column of observation weights (e.g. population): weighted least squares,
+        as fixest's ``weights =``; the estimand weights effects alike.
     cluster, se, ssc, dist, alpha
         Inference, keyword only (:class:`~estimators.regression.InferenceOptions`, as in
         :class:`estimators.twfe.TWFE`).
@@ -83,6 +86,7 @@ class EventStudy(InferenceOptions):
     lags: int | None = 5
     ref: int = -1
     bin_endpoints: bool = True
+    weights: str | None = None
     label: str = "event_study"
 
     def check(self) -> None:
@@ -118,12 +122,13 @@ class EventStudy(InferenceOptions):
         ``ATT_post``, the equally weighted mean of the post terms."""
         rel, leads, lags = self._window(panel)
         te = panel[f"te_{self.outcome}"].to_numpy()
+        wt = panel[self.weights].to_numpy(float) if self.weights else np.ones(te.size)
         k = np.clip(rel, -leads, lags) if self.bin_endpoints else rel
         observed = ~np.isnan(k)
 
         def mean_at(e: int) -> float:
             m = observed & (k == e)
-            return float(te[m].mean()) if m.any() else float("nan")
+            return float(np.average(te[m], weights=wt[m])) if m.any() else float("nan")
 
         base = mean_at(self.ref)
         out = {f"ev{e:+d}": mean_at(e) - base for e in range(-leads, lags + 1) if e != self.ref}
@@ -149,6 +154,7 @@ class EventStudy(InferenceOptions):
         checked = (unit, time, arrays) if keep.all() else None
         arrays = fe_arrays(data, self.outcome, tuple(self.controls), cluster=cluster,
                            extra=cols, validate=not keep.all(), checked=checked,
+                           weights=self.weights,
                            extra_first=True)  # collinearity drops controls, not event times
         k_c = len(self.controls)
         res = fit_fe(arrays, self.se, self.ssc, self.dist)

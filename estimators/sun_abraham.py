@@ -32,7 +32,9 @@ class SunAbraham(InferenceOptions):
     periods from its own treatment on are dropped). Each event-time effect is the average
     of the cohort-specific effects CATT(g, e) weighted by the cohorts' shares of the
     observations at that event time; the headline ``ATT`` weights every post-treatment
-    cell by its number of observations (fixest's ``sunab(..., att = TRUE)``).
+    cell by its number of observations (fixest's ``sunab(..., att = TRUE)``). With
+    ``weights`` (a column of observation weights) the regression is weighted and each cell
+    counts by its total weight.
 
     Notes
     -----
@@ -48,6 +50,7 @@ class SunAbraham(InferenceOptions):
     controls: Sequence[str] = ()
     control_group: str = "nevertreated"
     ref: int = -1
+    weights: str | None = None
     label: str = "sun_abraham"
 
     def check(self) -> None:
@@ -80,11 +83,14 @@ class SunAbraham(InferenceOptions):
             raise EstimationError("no treated cohort-period cell to estimate")
         extra = {f"g{g}:e{e:+d}": ((cohort == g) & (rel == e)).astype(float) for g, e in cells}
         arrays = fe_arrays(data, self.outcome, tuple(self.controls), cluster=cluster,
-                           extra=extra, validate=False, extra_first=True)
+                           extra=extra, validate=False, extra_first=True, weights=self.weights)
         res = fit_fe(arrays, self.se, self.ssc, self.dist)
         ids = res.identified
         coef = dict(zip(ids, res.fit.coef))
-        counts = {name: float(col.sum()) for name, col in extra.items()}
+        # each cell's share in an aggregate: its number of observations, or with weights
+        # its total weight
+        wt = data[self.weights].to_numpy(float) if self.weights else None
+        counts = {name: float(col.sum() if wt is None else col @ wt) for name, col in extra.items()}
         events = sorted({e for _, e in cells})
         rows, weights = [], []
         for e in events:
