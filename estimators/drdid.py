@@ -31,7 +31,7 @@ PS_CAP = 1e-6
 
 
 def drdid_panel(dy: np.ndarray, treated: np.ndarray, x: np.ndarray | None = None,
-                trim_level: float = 0.995) -> tuple[float, np.ndarray]:
+                trim_level: float = 0.995, firth: bool = False) -> tuple[float, np.ndarray]:
     """Sant'Anna and Zhao's (2020) locally efficient doubly robust DID for panel data.
 
     Parameters
@@ -44,6 +44,10 @@ def drdid_panel(dy: np.ndarray, treated: np.ndarray, x: np.ndarray | None = None
         ``(n, k)`` pre-treatment covariates (a constant is added), or None.
     trim_level
         Controls with a propensity score at or above this level get no weight (R DRDID).
+    firth
+        Fit the score by Firth's penalised logit, which exists when the covariates separate
+        treated from control units (few treated units); the influence function is the
+        logit's, to which the penalised estimator's is asymptotically equal.
 
     Returns
     -------
@@ -68,7 +72,7 @@ def drdid_panel(dy: np.ndarray, treated: np.ndarray, x: np.ndarray | None = None
     d = np.asarray(treated, dtype=float)
     n = dy.size
     xk = np.empty((n, 0)) if x is None else np.asarray(x, dtype=float).reshape(n, -1)
-    fit = fit_binary(d, xk, "logit")
+    fit = fit_binary(d, xk, "logit", firth=firth)
     ps = np.minimum(fit.fitted, 1 - PS_CAP)
     keep = np.where(d == 1, True, ps < trim_level)
     X = np.column_stack([np.ones(n), xk])
@@ -129,6 +133,11 @@ class DRDID:
         pre-period year (``2010`` / ``"year:2010"``).
     trim_level
         Controls with a score at or above it get no weight (R DRDID's 0.995).
+    firth
+        Fit the propensity score by Firth's penalised logit (R logistf's estimator): it
+        exists when few treated units are separated from the controls by the covariates,
+        where the maximum-likelihood logit fails (the practitioner's remedy beside fewer
+        score covariates and trimming). The note says which score was used.
     n_boot
         ``0`` (default): influence-function SEs (``sd(IF) / sqrt(n)``, normal law, as R
         DRDID); ``n_boot > 0``: that many bootstrap draws, resampling units and refitting
@@ -156,6 +165,7 @@ class DRDID:
     covariates: Sequence[str] = ()
     baseline: Any = "mean"
     trim_level: float = 0.995
+    firth: bool = False
     n_boot: int = 0
     boot_ci: str = "normal"
     stratify: bool = True
@@ -225,7 +235,7 @@ class DRDID:
 
     @staticmethod
     def _estimate(cohort: np.ndarray, x: np.ndarray, dy: np.ndarray, cohorts: np.ndarray,
-                  n_cells: np.ndarray, trim_level: float) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                  n_cells: np.ndarray, trim_level: float, firth: bool = False) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """ATT, overall IF (one per unit position), per-cohort ATTs and SEs, used mask."""
         n = cohort.size
         ok_x = np.isfinite(x).all(axis=1)
@@ -240,7 +250,7 @@ class DRDID:
                 raise EstimationError(f"cohort {g}: no treated or no never-treated unit with "
                                       "pre- and post-period outcomes and a baseline")
             att, inf = drdid_panel(dy[idx, j], cohort[idx] == g, x[idx] if x.shape[1] else None,
-                                   trim_level)
+                                   trim_level, firth)
             atts[j] = att
             ses[j] = inf.std(ddof=1) / np.sqrt(idx.size)
             used[idx] = True
@@ -262,7 +272,8 @@ class DRDID:
                 "fit(panel, rng=np.random.default_rng(...))"
             )
         cohort, x, dy, cohorts, n_cells = ua["cohort"], ua["x"], ua["dy"], ua["cohorts"], ua["n_cells"]
-        att, inf, atts, ses, used = self._estimate(cohort, x, dy, cohorts, n_cells, self.trim_level)
+        att, inf, atts, ses, used = self._estimate(cohort, x, dy, cohorts, n_cells, self.trim_level,
+                                                     self.firth)
         n_used = int(used.sum())
         se = float(inf.std(ddof=1) / np.sqrt(n_used))
         crit = critical_value(self.alpha, None)
@@ -270,7 +281,8 @@ class DRDID:
         inference = "influence function (Sant'Anna-Zhao 2020), normal"
         diagnostics: dict[str, float] = {}
         notes = [f"pre/post-averaged 2x2 per cohort against never-treated units; covariates "
-                 f"{list(self.covariates)} at baseline={self.baseline!r}"]
+                 f"{list(self.covariates)} at baseline={self.baseline!r}; score: "
+                 f"{'Firth penalised logit' if self.firth else 'maximum-likelihood logit'}"]
         if self.inference == "bootstrap":
             draws = self.bootstrap(panel, rng, _arrays=ua)
             se_b, pv, lo, hi, n_failed = _boot_summary(att, draws, self.alpha, self.boot_ci)
@@ -288,7 +300,8 @@ class DRDID:
         names = ["pscore", *self.covariates]
         if self.covariates:
             xs = x[used]
-            fit = fit_binary(treated.astype(float), xs, "logit", tuple(self.covariates))
+            fit = fit_binary(treated.astype(float), xs, "logit", tuple(self.covariates),
+                             firth=self.firth)
             ps = np.minimum(fit.fitted, 1 - PS_CAP)
             w = np.where(treated, 1.0, np.where(ps < self.trim_level, ps / (1 - ps), 0.0))
             bal = balance_table(np.column_stack([ps, xs]), names, treated, w)
@@ -340,7 +353,7 @@ class DRDID:
                 continue
             try:
                 out[b] = self._estimate(cohort[idx], x[idx], dy[idx], cohorts, cells,
-                                        self.trim_level)[0]
+                                        self.trim_level, self.firth)[0]
             except (EstimationError, np.linalg.LinAlgError):
                 continue
         return out
