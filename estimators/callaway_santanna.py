@@ -16,7 +16,8 @@ from scipy import special
 
 from .catalog import renamed
 from .design import period_positions
-from .panel import excluding_always_treated, D, EstimationError, OptionError, check_alpha, check_choice, check_count
+from .panel import (COHORT, TIME, D, EstimationError, OptionError, check_alpha, check_choice,
+                    check_count, excluding_always_treated, show)
 from .result import Estimate, critical_value
 from .wide import Wide, to_wide
 
@@ -131,6 +132,8 @@ class GroupTime:
     n: int
     #: cells that are a universal base period (ATT 0 by construction, no variance)
     reference: np.ndarray | None = None
+    #: what was done to the panel before estimation (for the Estimate's notes)
+    notes: tuple[str, ...] = ()
     #: calendar label of each period position: group, time and cohort above are positions
     #: on the panel's periods counted from 1 (0 = never treated), so that base periods,
     #: anticipation and event times count periods when years have gaps
@@ -382,6 +385,18 @@ class CallawaySantAnna:
     @excluding_always_treated
     def group_time(self, panel: pd.DataFrame) -> GroupTime:
         self.check()
+        notes: tuple[str, ...] = ()
+        cohorts = panel[COHORT].to_numpy()
+        if self.control_group == "notyettreated" and not (cohorts == 0).any():
+            # R did's rule: with no never-treated unit the last cohort is the comparison
+            # group; the periods from its (anticipated) start have no comparison and go
+            last = cohorts.max()
+            keep = panel[TIME].to_numpy() < last - self.anticipation
+            panel = panel.loc[keep].assign(**{COHORT: np.where(cohorts[keep] == last, 0,
+                                                               cohorts[keep])})
+            notes = (f"no never-treated unit: the last cohort ({show(last)}) is the "
+                     f"comparison group and periods from {show(last - self.anticipation)} "
+                     "are dropped (as R did)",)
         w = to_wide(panel, self.outcome, tuple(self.covariates), "Callaway-Sant'Anna")
         # work on period positions: with gaps between years (biennial surveys) the base
         # period, anticipation and event times count the panel's periods, not calendar years
@@ -394,7 +409,7 @@ class CallawaySantAnna:
                             cohort=np.where(treated, cohort + 1, 0).astype(np.int64))
         gt = group_time(positions, self.control_group, self.base_period, self.anticipation,
                         self.method, tuple(self.covariates))
-        return replace(gt, periods=calendar)
+        return replace(gt, periods=calendar, notes=notes)
 
     @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
@@ -463,7 +478,7 @@ class CallawaySantAnna:
             pre_mask &= ~gt.reference  # a universal base period is no test of anything
         diagnostics: dict[str, float] = {"n_cells": float(gt.att.size)}
         notes = [f"control group: {self.control_group}; base period: {self.base_period}; "
-                 f"method: {self.method}"]
+                 f"method: {self.method}", *gt.notes]
         if pre_mask.any():
             idx = np.flatnonzero(pre_mask)
             b = gt.att[idx]

@@ -176,3 +176,139 @@ def test_placebo_with_one_treated_unit_skips_leave_one_out(tmp_path):
     assert set(skipped["test"]) == {"leave one out"}
     text = (tmp_path / "report.md").read_text()
     assert "do not apply to this panel" in text
+
+
+# --- against R's did and fixest on mpdta (tests/data/mpdta.csv) --------------------------------
+# Reference numbers: R 4.2.2, did 2.5.1, fixest 0.12.2; the R calls are written beside each.
+
+@pytest.fixture(scope="module")
+def mpdta() -> pd.DataFrame:
+    from pathlib import Path
+
+    raw = pd.read_csv(Path(__file__).resolve().parent / "data" / "mpdta.csv")
+    p = pd.DataFrame({"unit": raw["countyreal"], "time": raw["year"],
+                      "cohort": raw["first.treat"], "lemp": raw["lemp"],
+                      "w": np.exp(raw["lpop"])})
+    p["d"] = ((p["cohort"] > 0) & (p["time"] >= p["cohort"])).astype(int)
+    return p
+
+
+#: the 10 never-treated counties made "always treated" (first.treat = 2003)
+ALWAYS = [13011, 13013, 13019, 13021, 13037, 13039, 13049, 13057, 13077, 13079]
+
+
+def with_always_treated(p: pd.DataFrame) -> pd.DataFrame:
+    out = p.copy()
+    m = out["unit"].isin(ALWAYS)
+    out.loc[m, "cohort"] = 2003
+    out.loc[m, "d"] = 1
+    return out
+
+
+def test_mpdta_callaway_santanna_matches_r_did(mpdta):
+    # att_gt(yname="lemp", tname="year", idname="countyreal", gname="first.treat",
+    #        data=mpdta, control_group="nevertreated", bstrap=FALSE)
+    # aggte(., type="simple"): -0.03995127516 (0.01203401277)
+    # aggte(., type="dynamic"): -0.07723982146 (0.01996498906)
+    s = CallawaySantAnna("lemp").fit(mpdta)
+    assert s.estimate == pytest.approx(-0.03995127516, abs=1e-9)
+    assert s.std_error == pytest.approx(0.01203401277, rel=1e-6)
+    d = CallawaySantAnna("lemp", aggregation="dynamic").fit(mpdta)
+    assert d.estimate == pytest.approx(-0.07723982146, abs=1e-9)
+    assert d.std_error == pytest.approx(0.01996498906, rel=1e-6)
+
+
+def test_mpdta_always_treated_counties_are_dropped_as_r_did(mpdta):
+    # R did on the data with 10 never-treated counties given first.treat = 2003 warns
+    # "Dropped 10 units that were already treated in the first period." and gives
+    # simple -0.04049968991 (0.01189886078), dynamic -0.07643280242 (0.01990565174);
+    # fixest on the data without them: sunab ATT -0.04049968991 (0.01169187219).
+    p = with_always_treated(mpdta)
+    s = CallawaySantAnna("lemp").fit(p)
+    assert s.estimate == pytest.approx(-0.04049968991, abs=1e-9)
+    assert s.std_error == pytest.approx(0.01189886078, rel=1e-6)
+    assert any("10 always-treated unit(s)" in n for n in s.notes)
+    d = CallawaySantAnna("lemp", aggregation="dynamic").fit(p)
+    assert d.estimate == pytest.approx(-0.07643280242, abs=1e-9)
+    assert d.std_error == pytest.approx(0.01990565174, rel=1e-6)
+    sa = SunAbraham("lemp").fit(p)
+    assert sa.estimate == pytest.approx(-0.04049968991, abs=1e-9)
+    assert sa.std_error == pytest.approx(0.01169187219, rel=1e-6)
+    assert any("10 always-treated unit(s)" in n for n in sa.notes)
+    # (the issue's -0.0324 came from keeping the 2003 cohort as treated; not a number to get)
+
+
+def test_mpdta_sun_abraham_matches_fixest(mpdta):
+    # feols(lemp ~ sunab(first.treat, year) | countyreal + year, mpdta, cluster=~countyreal)
+    # summary(., agg = "ATT"): -0.03995127516 (0.01179627744); rel 2: -0.137258738889
+    # (0.03658947596)
+    sa = SunAbraham("lemp").fit(mpdta)
+    assert sa.estimate == pytest.approx(-0.03995127516, abs=1e-9)
+    assert sa.std_error == pytest.approx(0.01179627744, rel=1e-6)
+    t = sa.terms.set_index("term")
+    assert t.loc["ev+2", "estimate"] == pytest.approx(-0.137258738889, abs=1e-9)
+    assert t.loc["ev+2", "std_error"] == pytest.approx(0.03658947596, rel=1e-6)
+
+
+@pytest.mark.parametrize("relabel", [False, True])
+def test_mpdta_event_study_matches_fixest_on_even_years(mpdta, relabel):
+    # d$rel <- ifelse(first.treat == 0, -1000, year - first.treat)
+    # es <- feols(lemp ~ i(rel, ref = c(-1, -1000)) | countyreal + year, d, cluster=~countyreal)
+    # mean of rel 0..3: -0.07141448788 (0.01813897086); wald(es, keep = "rel::-"):
+    # F = 1.631565611 on (3, 1989), p = 0.1800380736. With years relabelled 2004, 2006, ...
+    # and rel counted in periods, fixest gives the same numbers bit for bit. didlab refers
+    # F to F(3, G - 1 = 499), as Stata's test after xtreg/reghdfe does; fixest's wald()
+    # uses the residual degrees of freedom, hence its p-value from the same F.
+    p = biennial(mpdta.assign(time=mpdta["time"] - 1000, cohort=np.where(
+        mpdta["cohort"] > 0, mpdta["cohort"] - 1000, 0))) if relabel else mpdta
+    es = EventStudy("lemp", leads=None, lags=None).fit(p)
+    assert es.estimate == pytest.approx(-0.07141448788, abs=1e-9)
+    assert es.std_error == pytest.approx(0.01813897086, rel=1e-6)
+    assert es.diagnostics["pretrend_F"] == pytest.approx(1.631565611, rel=1e-7)
+    from scipy import stats
+
+    assert stats.f.sf(es.diagnostics["pretrend_F"], 3, 1989) == pytest.approx(0.1800380736,
+                                                                               rel=1e-6)
+    assert es.diagnostics["pretrend_p"] == pytest.approx(
+        stats.f.sf(es.diagnostics["pretrend_F"], 3, 499), rel=1e-12)
+
+
+def test_mpdta_universal_base_period_matches_r_did(mpdta):
+    # att_gt(..., base_period = "universal", bstrap = FALSE): 15 cells, the base cells 0;
+    # pre-test W = 7.791236627, df 5, p = 0.1681224949 (the same with "varying", 12 cells)
+    for base, n_cells in (("universal", 15), ("varying", 12)):
+        e = CallawaySantAnna("lemp", base_period=base).fit(mpdta)
+        assert (e.terms["aggregation"] == "group_time").sum() == n_cells
+        assert e.diagnostics["pretrend_df1"] == 5
+        assert e.diagnostics["pretrend_chi2"] == pytest.approx(7.791236627, rel=1e-7)
+        assert e.diagnostics["pretrend_p"] == pytest.approx(0.1681224949, rel=1e-6)
+    t = CallawaySantAnna("lemp", base_period="universal").fit(mpdta).terms.set_index("term")
+    assert t.loc["group_time:2007:2004", "estimate"] == pytest.approx(0.033813012276, abs=1e-9)
+    assert t.loc["group_time:2006:2005", "estimate"] == 0
+
+
+def test_mpdta_not_yet_treated_without_never_treated_matches_r_did(mpdta):
+    # att_gt(..., data = mpdta[mpdta$first.treat != 0, ], control_group = "notyettreated",
+    #        bstrap = FALSE): six cells (the 2007 cohort only as a comparison, years from
+    #        2007 dropped); simple -0.04179071495 (0.02045431507); pre-test W = 0.9977419525
+    p = mpdta[mpdta["cohort"] > 0]
+    e = CallawaySantAnna("lemp", control_group="notyettreated").fit(p)
+    cells = e.terms[e.terms["aggregation"] == "group_time"]
+    assert sorted(cells["term"]) == sorted(f"group_time:{g}:{t}" for g in (2004, 2006)
+                                           for t in (2004, 2005, 2006))
+    assert e.estimate == pytest.approx(-0.04179071495, abs=1e-9)
+    assert e.std_error == pytest.approx(0.02045431507, rel=1e-6)
+    assert e.diagnostics["pretrend_chi2"] == pytest.approx(0.9977419525, rel=1e-6)
+
+
+def test_mpdta_weighted_event_study_and_sun_abraham_match_fixest(mpdta):
+    # feols(lemp ~ i(rel, ref = c(-1, -1000)) | countyreal + year, d, weights = ~exp(lpop),
+    #       cluster = ~countyreal): post mean -0.02001044594 (0.02098969997), lead Wald
+    #       F = 1.135779052, p = 0.3332567013; weighted sunab ATT -0.01841258009 (0.01015318335)
+    es = EventStudy("lemp", leads=None, lags=None, weights="w").fit(mpdta)
+    assert es.estimate == pytest.approx(-0.02001044594, abs=1e-9)
+    assert es.std_error == pytest.approx(0.02098969997, rel=1e-6)
+    assert es.diagnostics["pretrend_F"] == pytest.approx(1.135779052, rel=1e-6)
+    sa = SunAbraham("lemp", weights="w").fit(mpdta)
+    assert sa.estimate == pytest.approx(-0.01841258009, abs=1e-9)
+    assert sa.std_error == pytest.approx(0.01015318335, rel=1e-6)
