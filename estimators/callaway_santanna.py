@@ -16,7 +16,7 @@ from scipy import special
 
 from .catalog import renamed
 from .design import period_positions
-from .panel import (COHORT, TIME, D, EstimationError, OptionError, check_alpha, check_choice,
+from .panel import (COHORT, TIME, D, EstimationError, OptionError, PanelError, check_alpha, check_choice,
                     check_count, excluding_always_treated, show)
 from .result import Estimate, critical_value
 from .wide import Wide, to_wide
@@ -29,24 +29,28 @@ AGGREGATIONS = ("simple", "dynamic", "group", "calendar")
 
 # --- 2x2 estimators with influence functions (DRDID, panel versions) -------------------------
 
-def _logit(x: np.ndarray, d: np.ndarray, tol: float = 1e-12, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """Logit by Newton-Raphson; returns fitted probabilities and the Hessian-based
-    ``(X'WX/n)^{-1}`` used by the influence function."""
+def _logit(x: np.ndarray, d: np.ndarray, tol: float = 1e-12, max_iter: int = 100,
+           iw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Logit by Newton-Raphson (weighted by ``iw`` when given, as R's ``glm(weights=)``);
+    returns fitted probabilities and the Hessian-based ``(X'WX/n)^{-1}`` used by the
+    influence function."""
+    iw = np.ones(d.size) if iw is None else iw
     beta = np.zeros(x.shape[1])
     for _ in range(max_iter):
         p = special.expit(x @ beta)
-        w = p * (1 - p)
+        w = iw * p * (1 - p)
         hess = (x * w[:, None]).T @ x
-        step = np.linalg.solve(hess, x.T @ (d - p))
+        step = np.linalg.solve(hess, x.T @ (iw * (d - p)))
         beta += step
         if np.max(np.abs(step)) < tol:
             break
     p = special.expit(x @ beta)
-    hess = (x * (p * (1 - p))[:, None]).T @ x
+    hess = (x * (iw * p * (1 - p))[:, None]).T @ x
     return p, np.linalg.inv(hess / x.shape[0])
 
 
-def did_2x2(dy: np.ndarray, treat: np.ndarray, x: np.ndarray, method: str) -> tuple[float, np.ndarray]:
+def did_2x2(dy: np.ndarray, treat: np.ndarray, x: np.ndarray, method: str,
+            iw: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """ATT of a panel 2x2 comparison and its influence function (Sant'Anna and Zhao 2020).
 
     Parameters
@@ -60,33 +64,38 @@ def did_2x2(dy: np.ndarray, treat: np.ndarray, x: np.ndarray, method: str) -> tu
     method
         ``"dr"`` (doubly robust, DRDID::drdid_panel), ``"reg"`` (outcome regression,
         reg_did_panel) or ``"ipw"`` (normalised IPW, std_ipw_did_panel).
+    iw
+        Unit sampling weights (DRDID's ``i.weights``), normalised to mean one here; None
+        for equal weights.
     """
     n = dy.size
     dmask = treat == 1
-    w_treat = treat.astype(float)
+    iw = np.ones(n) if iw is None else iw / iw.mean()
+    w_treat = iw * treat
     if x.shape[1] == 1:
-        # no covariates: all three estimators are the difference in mean changes, with the
-        # influence function D(dy - mu_1)/p - (1 - D)(dy - mu_0)/(1 - p)
-        p = w_treat.mean()
-        mu1, mu0 = dy[dmask].mean(), dy[~dmask].mean()
-        inf = w_treat * (dy - mu1) / p - (1 - w_treat) * (dy - mu0) / (1 - p)
+        # no covariates: all three estimators are the difference in (weighted) mean
+        # changes, with influence function w D(dy - mu_1)/E[wD] - w(1 - D)(dy - mu_0)/E[w(1-D)]
+        w_c0 = iw * (1 - treat)
+        mu1, mu0 = (w_treat @ dy) / w_treat.sum(), (w_c0 @ dy) / w_c0.sum()
+        inf = w_treat * (dy - mu1) / w_treat.mean() - w_c0 * (dy - mu0) / w_c0.mean()
         return float(mu1 - mu0), inf
     if method in ("reg", "dr"):
         xc = x[~dmask]
-        coef, *_ = np.linalg.lstsq(xc, dy[~dmask], rcond=None)
+        sw = np.sqrt(iw[~dmask])
+        coef, *_ = np.linalg.lstsq(xc * sw[:, None], dy[~dmask] * sw, rcond=None)
         out_delta = x @ coef
-        w_ols = 1.0 - w_treat
+        w_ols = iw * (1.0 - treat)
         xpx_inv = np.linalg.inv((x * w_ols[:, None]).T @ x / n)
         lin_ols = (w_ols * (dy - out_delta))[:, None] * x @ xpx_inv
     if method in ("ipw", "dr"):
         if x.shape[1] == 1:
-            ps = np.full(n, w_treat.mean())
+            ps = np.full(n, w_treat.mean())  # (unreachable: x has covariates here)
             hess_inv = np.linalg.inv((x * (ps * (1 - ps))[:, None]).T @ x / n)
         else:
-            ps, hess_inv = _logit(x, w_treat)
+            ps, hess_inv = _logit(x, treat.astype(float), iw=iw)
         ps = np.minimum(ps, 1 - 1e-6)
-        lin_ps = ((w_treat - ps)[:, None] * x) @ hess_inv
-        w_cont = ps * (1 - w_treat) / (1 - ps)
+        lin_ps = ((iw * (treat - ps))[:, None] * x) @ hess_inv
+        w_cont = iw * ps * (1 - treat) / (1 - ps)
     if method == "reg":
         att_t = w_treat * dy
         att_c = w_treat * out_delta
@@ -134,6 +143,8 @@ class GroupTime:
     reference: np.ndarray | None = None
     #: what was done to the panel before estimation (for the Estimate's notes)
     notes: tuple[str, ...] = ()
+    #: unit sampling weights, mean one (None: equal weights)
+    unit_weights: np.ndarray | None = None
     #: calendar label of each period position: group, time and cohort above are positions
     #: on the panel's periods counted from 1 (0 = never treated), so that base periods,
     #: anticipation and event times count periods when years have gaps
@@ -156,7 +167,7 @@ class GroupTime:
 
 
 def group_time(w: Wide, control_group: str, base_period: str, anticipation: int, method: str,
-               covariates: Sequence[str]) -> GroupTime:
+               covariates: Sequence[str], unit_weights: np.ndarray | None = None) -> GroupTime:
     """Estimate every ATT(g,t) as R ``did::att_gt`` does (balanced panel)."""
     periods = w.periods
     groups = np.unique(w.cohort[w.cohort > 0])
@@ -197,7 +208,8 @@ def group_time(w: Wide, control_group: str, base_period: str, anticipation: int,
             x = np.ones((int(keep.sum()), 1))
             if covariates:
                 x = np.column_stack([x] + [w.x[c][keep, base] for c in covariates])
-            att, inf_sub = did_2x2(dy, treated[keep].astype(int), x, method)
+            att, inf_sub = did_2x2(dy, treated[keep].astype(int), x, method,
+                                   None if unit_weights is None else unit_weights[keep])
             inf = np.zeros(n)
             inf[keep] = inf_sub * (n / keep.sum())
             cells_g.append(g)
@@ -208,16 +220,22 @@ def group_time(w: Wide, control_group: str, base_period: str, anticipation: int,
     if not atts or all(reference):
         raise EstimationError("no group-time cell has a comparison group")
     group = np.array(cells_g)
-    pg_by_g = {g: np.mean(w.cohort == g) for g in groups}
+    # cohort shares P(G = g), weighted by the (mean-one) unit weights as R did's aggte
+    uw = np.ones(n) if unit_weights is None else unit_weights / unit_weights.mean()
+    pg_by_g = {g: np.mean(uw * (w.cohort == g)) for g in groups}
     return GroupTime(group, np.array(cells_t), np.array(atts), np.column_stack(infs),
                      np.array([pg_by_g[g] for g in group]), w.cohort, n,
-                     reference=np.array(reference, dtype=bool))
+                     reference=np.array(reference, dtype=bool),
+                     unit_weights=None if unit_weights is None else uw)
 
 
-def _wif(keepers: np.ndarray, pg: np.ndarray, cohort: np.ndarray, group: np.ndarray) -> np.ndarray:
+def _wif(keepers: np.ndarray, pg: np.ndarray, cohort: np.ndarray, group: np.ndarray,
+         unit_weights: np.ndarray | None = None) -> np.ndarray:
     """Influence function of estimated aggregation weights pg/sum(pg) (R did's ``wif``)."""
     pk = pg[keepers]
     ind = np.column_stack([(cohort == group[k]).astype(float) for k in keepers])  # (n, K)
+    if unit_weights is not None:
+        ind = ind * unit_weights[:, None]
     if1 = (ind - pk) / pk.sum()
     if2 = np.outer((ind - pk).sum(axis=1), pk / pk.sum() ** 2)
     return if1 - if2
@@ -232,7 +250,7 @@ def _agg(gt: GroupTime, keepers: np.ndarray, weights: np.ndarray, with_wif: bool
     out = inf[:, keepers] @ weights
     if with_wif:
         out = out + _wif(keepers, gt.pg if pg is None else pg, gt.cohort,
-                         gt.group if group is None else group) @ att[keepers]
+                         gt.group if group is None else group, gt.unit_weights) @ att[keepers]
     return est, out
 
 
@@ -272,7 +290,8 @@ def aggregate(gt: GroupTime, kind: str) -> tuple[pd.DataFrame, float, np.ndarray
         table = pd.DataFrame({"level": rows, "estimate": [a for a, _ in infs]})
         att_g = np.array([a for a, _ in infs])
         inf_g = np.column_stack([i for _, i in infs])
-        pg_g = np.array([np.mean(gt.cohort == g) for g in glist])
+        uw = np.ones(gt.n) if gt.unit_weights is None else gt.unit_weights
+        pg_g = np.array([np.mean(uw * (gt.cohort == g)) for g in glist])
         keep = np.arange(glist.size)
         overall, inf_overall = _agg(gt, keep, pg_g / pg_g.sum(), True, att=att_g, inf=inf_g,
                                     group=glist, pg=pg_g)
@@ -342,6 +361,9 @@ class CallawaySantAnna:
         release and means 999 draws unless ``n_boot`` says otherwise.)
     alpha
         Level of the intervals (pointwise, and the uniform band with the bootstrap).
+    weights
+        Optional column of unit sampling weights (constant within unit), as R did's
+        ``weightsname``: every 2x2, the cohort shares and the aggregations are weighted.
 
     Notes
     -----
@@ -362,6 +384,7 @@ class CallawaySantAnna:
     anticipation: int = 0
     n_boot: int = 0
     alpha: float = 0.05
+    weights: str | None = None
     label: str = "callaway_santanna"
 
     def check(self) -> None:
@@ -397,7 +420,17 @@ class CallawaySantAnna:
             notes = (f"no never-treated unit: the last cohort ({show(last)}) is the "
                      f"comparison group and periods from {show(last - self.anticipation)} "
                      "are dropped (as R did)",)
-        w = to_wide(panel, self.outcome, tuple(self.covariates), "Callaway-Sant'Anna")
+        extra = (self.weights,) if self.weights and self.weights not in self.covariates else ()
+        w = to_wide(panel, self.outcome, (*self.covariates, *extra), "Callaway-Sant'Anna")
+        unit_weights = None
+        if self.weights:
+            wmat = w.x[self.weights]
+            if not np.all(wmat == wmat[:, :1]):
+                raise PanelError(f"weights column {self.weights!r} must be constant within "
+                                 "each unit (sampling weights, as R did's weightsname)")
+            unit_weights = wmat[:, 0].astype(float)
+            if not (np.all(np.isfinite(unit_weights)) and np.all(unit_weights > 0)):
+                raise PanelError(f"weights column {self.weights!r} must be positive and finite")
         # work on period positions: with gaps between years (biennial surveys) the base
         # period, anticipation and event times count the panel's periods, not calendar years
         calendar = w.periods
@@ -408,7 +441,7 @@ class CallawaySantAnna:
         positions = replace(w, periods=np.arange(1, calendar.size + 1, dtype=np.int64),
                             cohort=np.where(treated, cohort + 1, 0).astype(np.int64))
         gt = group_time(positions, self.control_group, self.base_period, self.anticipation,
-                        self.method, tuple(self.covariates))
+                        self.method, tuple(self.covariates), unit_weights)
         return replace(gt, periods=calendar, notes=notes)
 
     @excluding_always_treated

@@ -312,3 +312,18 @@ def test_mpdta_weighted_event_study_and_sun_abraham_match_fixest(mpdta):
     sa = SunAbraham("lemp", weights="w").fit(mpdta)
     assert sa.estimate == pytest.approx(-0.01841258009, abs=1e-9)
     assert sa.std_error == pytest.approx(0.01015318335, rel=1e-6)
+
+
+def test_mpdta_weighted_callaway_santanna_matches_r_did(mpdta):
+    # mpdta$w <- exp(mpdta$lpop); att_gt(..., weightsname = "w", control_group =
+    #   "nevertreated", bstrap = FALSE): simple -0.01841258009 (0.01367130764), dynamic
+    #   -0.03092209544 (0.01832609774), pre-test W = 15.44931343, p = 0.00861
+    s = CallawaySantAnna("lemp", weights="w").fit(mpdta)
+    assert s.estimate == pytest.approx(-0.01841258009, abs=1e-9)
+    assert s.std_error == pytest.approx(0.01367130764, rel=1e-6)
+    d = CallawaySantAnna("lemp", weights="w", aggregation="dynamic").fit(mpdta)
+    assert d.estimate == pytest.approx(-0.03092209544, abs=1e-9)
+    assert d.std_error == pytest.approx(0.01832609774, rel=1e-6)
+    assert d.diagnostics["pretrend_chi2"] == pytest.approx(15.44931343, rel=1e-7)
+    with pytest.raises(PanelError, match="constant within each unit"):
+        CallawaySantAnna("lemp", weights="lemp").fit(mpdta)
