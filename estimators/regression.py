@@ -124,6 +124,13 @@ class FEResult:
 def fit_fe(arrays: FEArrays, se: str, ssc: str, dist: str) -> FEResult:
     """Fit the two-way fixed-effects regression held in ``arrays``."""
     yt, xt = arrays.within()
+    # an outcome the fixed effects explain exactly (a constant, or a unit- or
+    # period-level variable) has nothing left to explain: any coefficient and p-value
+    # would be rounding noise (-1.5e-31 with p = 0.01), so it is refused
+    scale = float(np.max(np.abs(arrays.y))) if arrays.y.size else 0.0
+    if not np.any(np.abs(yt) > 1e-10 * max(scale, 1e-300)):
+        raise EstimationError("the outcome does not vary within units and periods: the fixed "
+                              "effects explain it exactly, so no effect on it is identified")
     fit = ols_fe(yt, xt, arrays.x, arrays.weights, arrays.names)
     dof = arrays.dof(int(fit.keep.sum()))
     cov = vcov(fit, se, ssc, dof, arrays.clusters, arrays.weights)

@@ -230,3 +230,15 @@ def test_region_by_year_effects_match_dummy_regression(province):
                                conv.bse[["d", "lnpgdp"]], rtol=1e-8)
     with pytest.raises(Exception, match="constant within each unit"):
         TWFE("lnce", time_by="time").fit(panel)
+
+
+@pytest.mark.parametrize("column", ["constant", "unit_level"])
+def test_outcome_explained_by_the_fixed_effects_is_refused(province, column):
+    """A constant outcome gave -1.5e-31 with p = 0.0117 (printed -0.0000**), and the event
+    study a raw LinAlgError: both now refuse with one line."""
+    from estimators.event_study import EventStudy
+
+    panel = province.assign(constant=1.0, unit_level=province["unit"] * 0.5)
+    for est in (TWFE(column), TWFE(column, controls=("lnpgdp",)), EventStudy(column)):
+        with pytest.raises(EstimationError, match="does not vary within units and periods"):
+            est.fit(panel)
