@@ -228,7 +228,8 @@ def _separation_message(names: Sequence[str], link: str, why: str) -> str:
     return (
         f"the {link} propensity score on {list(names)} has no maximum-likelihood estimate "
         f"({why}): the covariates (nearly) separate treated from control units, so there is "
-        "no overlap to match on; use fewer covariates or another baseline"
+        "no overlap to match on; use fewer score covariates, another baseline, or (DR-DID) "
+        "Firth's penalised logit, firth=True"
     )
 
 
