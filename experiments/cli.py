@@ -1,14 +1,19 @@
 """The ``didlab`` command: a thin Hydra wrapper over :func:`experiments.run.run`.
 
 Bad configs and bad data end with one line on stderr and exit status 2, never a traceback.
+Ctrl-C and SIGTERM stop a run the same way: one line, exit status 130 or 143, the worker
+processes stopped, the chunks already written kept for the next run.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+from types import FrameType
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from estimators.panel import DidlabError
 
@@ -16,6 +21,19 @@ from .run import CONF_DIR
 from .schema import register
 
 register()
+# `${pid:}` in hydra.run.dir / hydra.sweep.dir (conf/config.yaml): two runs started in the
+# same second are two processes, so the pid gives each its own folder. Cached, so every
+# job of a sweep (and a launcher's copy of the config) resolves to the launching process.
+OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread where Ctrl-C raises KeyboardInterrupt, so that
+    both unwind the same way: joblib stops its workers, the run folder gets ``FAILED``."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated("SIGTERM")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -90,13 +108,21 @@ def main() -> None:
     # a deprecated option name is one line on stderr, not a source listing
     warnings.formatwarning = _one_line_warning
     warnings.filterwarnings("once", category=FutureWarning)  # each deprecation said once
+    # the default SIGTERM action kills this process at once and leaves its workers behind
+    signal.signal(signal.SIGTERM, _on_sigterm)
     argv = sys.argv[1:]
-    if argv and argv[0] == "collect":
-        from .collect import main as collect_main
+    try:
+        if argv and argv[0] == "collect":
+            from .collect import main as collect_main
 
-        raise SystemExit(collect_main(argv[1:]))
-    _precheck(argv)
-    _app()
+            raise SystemExit(collect_main(argv[1:]))
+        _precheck(argv)
+        _app()
+    except KeyboardInterrupt as exc:
+        how, code = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"didlab: {how}: stopped; finished chunks stay in the store for the next run",
+              file=sys.stderr)
+        raise SystemExit(code) from None
 
 
 if __name__ == "__main__":

@@ -10,16 +10,21 @@ not depend on the backend, the number of workers or the chunking. Every column e
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import importlib.util
 import inspect
 import warnings
 import json
+import logging
 import os
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -168,22 +173,176 @@ def chunk_path(folder: Path, lo: int, hi: int) -> Path:
 
 def write_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Write Parquet to a temporary name, then rename: a killed run never leaves a
-    half-written chunk under the final name."""
+    half-written chunk under the final name (and an interrupted write removes its
+    temporary file)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def _chunk_task(design: Design, seed: int, lo: int, hi: int, path: str) -> str:
-    frame = run_reps(design, seed, range(lo, hi))
-    write_atomic(frame, Path(path))
-    return path
+#: the ``cell`` label stored chunks carry: a chunk's numbers depend only on its key, and
+#: the same chunk serves every run that asks for that cell (a grid, a sweep job, a single
+#: run), so the label of the run that computed it must not travel with it
+STORED_CELL = ""
+
+
+@contextlib.contextmanager
+def chunk_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on chunk ``path`` (``.<name>.lock`` beside it) while inside.
+
+    Two runs on one store (two terminals, two sweep jobs) compute a chunk once: the
+    second waits here, then finds the chunk written. ``flock`` locks belong to the open
+    file, so the kernel releases the lock of a process that dies, however it dies: there
+    are no stale locks to clean. The lock files stay (removing one while another process
+    waits on it would let a third process lock a new file of the same name).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock (Windows): runs do not share chunks
+        yield
+        return
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager[Any]:
+    """One BLAS/OpenMP thread while a chunk is computed, in every backend.
+
+    Workers get one thread from joblib and dask (``OPENBLAS_NUM_THREADS=1`` and the like,
+    or ``cpu_count // n_jobs`` with ``backend.n_jobs`` set) while the main process of a
+    ``sequential`` run has one per core; a threaded BLAS may split a product differently
+    and change the last bit of a result. With one thread everywhere a chunk's numbers do
+    not depend on where it ran. Without threadpoolctl the limit is skipped.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl missing: best effort
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
+
+
+# --- workers stop when the run stops --------------------------------------------------------
+
+#: ``(main process id, whether it is this process's parent)`` once a watchdog runs here
+_WATCHED: tuple[int, bool] | None = None
+_WATCH_LOCK = threading.Lock()
+
+
+def _main_alive(pid: int, direct: bool) -> bool:
+    """Whether the run's main process ``pid`` is alive.
+
+    A direct child knows exactly: the kernel re-parents it the moment its parent dies.
+    Otherwise ask whether ``pid`` exists (a dead, not yet reaped process still does).
+    """
+    if direct:
+        return os.getppid() == pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - exists, owned by someone else
+        return True
+    return True
+
+
+def watch_main(pid: int | None, interval: float = 0.2) -> None:
+    """In a worker process: exit as soon as the run's main process ``pid`` is gone.
+
+    A loky or dask worker outlives a main process killed by SIGKILL (or an OOM killer) and
+    goes on computing and writing chunks for nobody; a daemon thread checks the main
+    process every ``interval`` seconds and ends the worker with ``os._exit`` (a chunk in
+    the middle of being written is lost: :func:`write_atomic` leaves no partial file).
+    Started once per worker process; nothing to do for ``pid=None`` (sequential runs, a
+    remote dask cluster) or in the main process itself.
+    """
+    global _WATCHED
+    if pid is None or pid == os.getpid():
+        return
+    with _WATCH_LOCK:
+        if _WATCHED is not None and _WATCHED[0] == pid:
+            return
+        direct = os.getppid() == pid
+        _WATCHED = (pid, direct)
+
+    def watch() -> None:
+        while _main_alive(pid, direct):
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="didlab-watch-main", daemon=True).start()
+
+
+def _exit_if_orphaned() -> None:
+    """Before writing a chunk: leave at once if the run's main process has died since the
+    watchdog last looked (so no chunk is written after the run ended)."""
+    if _WATCHED is not None and not _main_alive(*_WATCHED):
+        os._exit(1)
+
+
+def _chunk_task(design: Design, seed: int, lo: int, hi: int, path: str,
+                main_pid: int | None = None) -> str:
+    """Compute and store replicates ``lo..hi-1`` of ``design`` unless the chunk exists.
+
+    Returns ``"computed"`` or ``"reused"`` (another run wrote it while this one waited
+    for the chunk's lock).
+    """
+    watch_main(main_pid)
+    target = Path(path)
+    with chunk_lock(target):
+        if target.exists():
+            return "reused"
+        with _one_blas_thread():
+            frame = run_reps(design, seed, range(lo, hi))
+        frame["cell"] = STORED_CELL
+        _exit_if_orphaned()
+        write_atomic(frame, target)
+    return "computed"
 
 
 def design_key(payload: Mapping[str, Any]) -> str:
-    """Stable hash of everything that fixes a cell's numbers (config, seed, version)."""
+    """Stable hash of everything that fixes a cell's numbers (config, seed, code)."""
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: the packages whose code produces a run's numbers
+CODE_PACKAGES = ("simulate", "estimators", "experiments")
+
+
+def hash_sources(folders: Iterable[str | os.PathLike]) -> str:
+    """SHA-256 of every ``.py`` file under ``folders``: relative paths and contents, in
+    sorted order, so the hash changes with any edit and with nothing else."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        root = Path(folder)
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def code_hash() -> str:
+    """Hash of the installed source of :data:`CODE_PACKAGES` (computed once per process).
+
+    Part of the store key: the package version does not change between commits, so
+    without it a chunk computed by older code would be reused after a change.
+    """
+    folders: list[str] = []
+    for name in CODE_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            folders.extend(spec.submodule_search_locations)
+    return hash_sources(folders)
 
 
 @dataclass(frozen=True)
@@ -198,45 +357,62 @@ class Backend:
         check_choice("backend.kind", self.kind, BACKENDS)
 
 
-def _execute(tasks: Sequence[tuple], backend: Backend, progress: bool) -> None:
-    """Run chunk tasks on the chosen backend with a progress bar on terminals."""
+def _execute(tasks: Sequence[tuple], backend: Backend, progress: bool) -> list[str]:
+    """Run chunk tasks on the chosen backend with a progress bar on terminals.
+
+    Returns each task's outcome (``"computed"`` or ``"reused"``), in completion order.
+    """
     from joblib import Parallel, delayed, parallel_config
     from tqdm.auto import tqdm
 
     backend.validate()
     if not tasks:
-        return
+        return []
+    done: list[str] = []
+    # worker processes on this machine watch this process and stop when it dies; a
+    # sequential run has none, and a remote dask cluster's workers are not ours to stop
+    local = backend.kind == "loky" or (backend.kind == "dask" and not backend.address)
+    main_pid = os.getpid() if local else None
     bar = tqdm(total=len(tasks), unit="chunk", disable=not progress, leave=False)
     try:
         if backend.kind == "sequential":
             for t in tasks:
-                _chunk_task(*t)
+                done.append(_chunk_task(*t))
                 bar.update()
-            return
-        calls = (delayed(_chunk_task)(*t) for t in tasks)
+            return done
+        calls = (delayed(_chunk_task)(*t, main_pid) for t in tasks)
         if backend.kind == "loky":
-            par = Parallel(n_jobs=backend.n_jobs, backend="loky", return_as="generator_unordered")
-            for _ in par(calls):
+            # the initializer starts the watchdog when a worker starts, so that a worker
+            # still waiting for its first task does not outlive a killed run either
+            par = Parallel(n_jobs=backend.n_jobs, backend="loky", return_as="generator_unordered",
+                           initializer=watch_main, initargs=(main_pid,))
+            for status in par(calls):
+                done.append(status)
                 bar.update()
-            return
+            return done
         from dask.distributed import Client, LocalCluster
 
         cluster = None
         if backend.address:
             client = Client(backend.address)
         else:
+            # warnings of workers whose tasks are cancelled (Ctrl-C, SIGTERM) are noise;
+            # errors still show
             cluster = LocalCluster(n_workers=backend.n_workers,
                                    threads_per_worker=backend.threads_per_worker,
-                                   processes=True, dashboard_address=None)
+                                   processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR)
             client = Client(cluster)
         try:
             with parallel_config(backend="dask"):
-                for _ in Parallel(return_as="generator_unordered")(calls):
+                for status in Parallel(return_as="generator_unordered")(calls):
+                    done.append(status)
                     bar.update()
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
+        return done
     finally:
         bar.close()
 
@@ -261,12 +437,16 @@ def run_designs(
     keys
         One stable key per design (:func:`design_key`); its chunks live in
         ``store/<key>/``. A chunk already there is reused, so a killed run started again
-        finishes only the missing chunks.
+        finishes only the missing chunks, and a chunk another run is computing is waited
+        for (:func:`chunk_lock`), not computed twice.
 
     Returns
     -------
     pandas.DataFrame
-        All rows, sorted by cell, replicate, outcome, estimator and term order.
+        All rows, sorted by cell, replicate, outcome, estimator and term order, each row
+        labelled with its design's ``cell``. ``attrs["chunks"]`` counts the chunks this
+        call computed and those it reused from the store:
+        ``{"computed": int, "reused": int}``.
     """
     ranges = chunk_ranges(n_reps, chunk_size)
     tasks = []
@@ -281,9 +461,19 @@ def run_designs(
             if not path.exists():
                 tasks.append((design, seed, lo, hi, str(path)))
         paths.append(cell_paths)
-    _execute(tasks, backend, progress)
-    frames = [pd.read_parquet(p) for cell_paths in paths for p in cell_paths]
-    return pd.concat(frames, ignore_index=True)
+    done = _execute(tasks, backend, progress)
+    frames = []
+    for design, cell_paths in zip(designs, paths):
+        for p in cell_paths:
+            frame = pd.read_parquet(p)
+            # the store keeps no run's label (STORED_CELL): this run's cell name goes on
+            frame["cell"] = design.cell
+            frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    computed = done.count("computed")
+    out.attrs["chunks"] = {"computed": computed,
+                           "reused": sum(map(len, paths)) - computed}
+    return out
 
 
 # --- diagnosands ---------------------------------------------------------------------------

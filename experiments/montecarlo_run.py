@@ -13,7 +13,7 @@ from estimators.panel import OptionError, check_choice
 
 from . import report
 from .build import build_draw, build_estimators
-from .montecarlo import Backend, Design, design_key, diagnose, run_designs
+from .montecarlo import Backend, Design, code_hash, design_key, diagnose, run_designs
 from .single import SingleDraw, print_table
 
 AXES = ("data", "assignment", "timing", "effect")
@@ -66,7 +66,13 @@ def cell_name(axes: Mapping[str, str], varying: set[str] | None = None) -> str:
 
 
 def hash_payload(cfg: DictConfig) -> dict[str, Any]:
-    """Everything that fixes a cell's numbers (the store key)."""
+    """Everything that fixes a cell's numbers (the store key).
+
+    The simulator's and estimators' configs, the seed, the outcomes and the chunking, and
+    the code itself (:func:`~experiments.montecarlo.code_hash`: the version number stays
+    the same from one commit to the next, the source does not). Nothing that only names
+    the run (its cell label, its grid, its output folder) is part of it.
+    """
     from importlib import metadata
 
     c = OmegaConf.to_container(cfg, resolve=True)
@@ -74,8 +80,17 @@ def hash_payload(cfg: DictConfig) -> dict[str, Any]:
         "data": c["data"], "assignment": c["assignment"], "timing": c["timing"],
         "effect": c["effect"], "estimator": c["estimator"], "seed": c["seed"],
         "outcomes": c["experiment"]["outcomes"], "chunk_size": c["experiment"]["chunk_size"],
-        "didlab": metadata.version("didlab"),
+        "didlab": metadata.version("didlab"), "code": code_hash(),
     }
+
+
+def store_line(chunks: Mapping[str, int], store: str) -> str:
+    """One sentence on what the store supplied: chunks computed now, chunks reused."""
+    computed, reused = chunks["computed"], chunks["reused"]
+    if not reused:
+        return f"Chunks: {computed} computed and stored in `{store}`."
+    return (f"Chunks: {computed} computed, {reused} of {computed + reused} reused from "
+            f"`{store}` (same configuration, seed and code).")
 
 
 def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[str, Any], list[str]]:
@@ -97,6 +112,9 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
                           store=cfg.experiment.store, keys=keys,
                           chunk_size=int(cfg.experiment.chunk_size), backend=backend,
                           progress=bool(cfg.experiment.progress) and isatty())
+    chunks = dict(results.attrs["chunks"])
+    stored = store_line(chunks, str(cfg.experiment.store))
+    print(stored)
     axes_frame = pd.DataFrame([{"cell": d.cell, **d.axes} for d in designs])
     results = results.merge(axes_frame, on="cell", how="left")
     diag = diagnose(results, by=("cell", *[a for a in AXES if a in axes_frame], "outcome",
@@ -106,7 +124,7 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
     report.write_table(results, out / "results")
     diag.to_csv(out / "diagnosands.csv", index=False)
     written: dict[str, Any] = {"results": out / "results.parquet",
-                               "diagnosands": out / "diagnosands.csv"}
+                               "diagnosands": out / "diagnosands.csv", "chunks": chunks}
     head = diag[diag["role"] == "headline"]
     shown_axes = sorted(varying, key=AXES.index) if len(runs) > 1 else []
     cols = [c for c in (*shown_axes, "outcome", "estimator", "term", "n_draws", "n_failed",
@@ -123,7 +141,7 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
         f"## Monte Carlo: {cfg.experiment.n_reps} draws per cell, seed {cfg.seed}\n\n"
         f"Bias is against each draw's exact ATT; coverage is of the {level} CI; rejection is "
         f"at {at} (size when the effect is zero, power otherwise); `_mcse` columns in "
-        "`diagnosands.csv` give Monte Carlo standard errors.\n\n"
+        "`diagnosands.csv` give Monte Carlo standard errors.\n\n" + stored + "\n\n"
         + report.markdown_table(head[cols]) + "\n"]
     if cfg.experiment.figures:
         outcome0 = list(cfg.experiment.outcomes)[0]

@@ -71,3 +71,98 @@ def test_sweep_collects_combined_table(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(sweep / "diagnosands_all.csv"), table)
     r3 = didlab("collect", str(tmp_path / "nowhere"), cwd=ROOT)
     assert r3.returncode == 2 and "does not exist" in r3.stderr
+
+
+def test_readme_sweep_after_a_grid_run_on_the_same_store(tmp_path):
+    # `make run` (a grid in one job) and then the README's sweep of the same cells: the
+    # stored chunks carry no cell label of the grid run, so every job reports its cell,
+    # with the grid's numbers
+    import pandas as pd
+
+    from experiments.run import compose, run
+
+    common = ["experiment=robustness", "experiment.n_reps=4", "experiment.chunk_size=2",
+              "backend=sequential", f"experiment.store={tmp_path}/store", "estimator=[twfe]",
+              "experiment.figures=false"]
+    run(compose([*common, "experiment.grid.timing=[notice_2011,market_open]",
+                 "experiment.grid.assignment=[actual,random]"]), output_dir=tmp_path / "grid")
+    r = didlab("-m", *common, "timing=notice_2011,market_open", "assignment=actual,random",
+               f"hydra.sweep.dir={tmp_path}/sweep", cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stdout.count("Chunks: 0 computed, 2 of 2 reused") == 4
+    key = ["timing", "assignment", "estimator", "term"]
+    swept = pd.read_csv(tmp_path / "sweep" / "diagnosands_all.csv").drop(columns=["job", "cell"])
+    grid = pd.read_csv(tmp_path / "grid" / "diagnosands.csv").drop(columns="cell")
+    assert len(swept) == len(grid) == 4
+    pd.testing.assert_frame_equal(swept.sort_values(key).reset_index(drop=True)[grid.columns],
+                                  grid.sort_values(key).reset_index(drop=True))
+
+
+def test_runs_started_together_get_their_own_folders(tmp_path):
+    # the default folder is outputs/DATE/TIME-PID: two runs in the same second differ
+    procs = [subprocess.Popen([*DIDLAB], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    folders = sorted(tmp_path.glob("outputs/*/*"))
+    assert len(folders) == 2
+    assert {f.name.rsplit("-", 1)[1] for f in folders} == {str(p.pid) for p in procs}
+    for f in folders:
+        assert (f / "report.md").exists() and (f / ".hydra" / "config.yaml").exists()
+
+
+def _tagged(tag: str) -> list[int]:
+    """Processes whose environment holds ``tag`` (the run and every process it started)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if tag.encode() in (d / "environ").read_bytes():
+                    found.append(int(d.name))
+            except OSError:  # gone meanwhile, or not ours
+                pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGKILL"])
+def test_stopped_run_leaves_no_worker_and_writes_no_chunk(tmp_path, signame):
+    import os
+    import signal
+    import time
+    import uuid
+
+    tag = uuid.uuid4().hex
+    store = tmp_path / "store"
+    proc = subprocess.Popen(
+        [*DIDLAB, "experiment=robustness", "estimator=[twfe,mediation]",
+         "experiment.n_reps=2000", "experiment.chunk_size=10", "backend=loky",
+         "backend.n_jobs=2", f"experiment.store={store}", f"hydra.run.dir={tmp_path}/run"],
+        cwd=ROOT, env={**os.environ, "DIDLAB_TEST_TAG": tag},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def chunks() -> set[str]:
+        return {str(c) for c in store.rglob("reps-*.parquet")}
+
+    deadline = time.time() + 180
+    while len(chunks()) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert len(chunks()) >= 2 and proc.poll() is None, "the run should be computing chunks"
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=60)
+    time.sleep(0.5)  # a chunk write already under way when the signal came may finish
+    written = chunks()
+    deadline = time.time() + 10
+    while _tagged(tag) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _tagged(tag) == [], "worker processes outlived the run"
+    time.sleep(2)
+    assert chunks() == written, "chunks were written after the run stopped"
+    assert len(written) < 2000 // 10
+    if signame == "SIGTERM":
+        assert proc.returncode == 143
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("didlab: terminated"), err
+        assert (tmp_path / "run" / "FAILED").exists()

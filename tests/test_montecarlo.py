@@ -71,14 +71,56 @@ def test_rows_are_tidy_with_truth(reference):
 def test_identical_across_backends_and_chunking(reference, tmp_path, backend, chunk):
     d, ref = reference
     res = run_designs([d], 12, 5, store=tmp_path, keys=["k"], chunk_size=chunk, backend=backend)
-    pd.testing.assert_frame_equal(strip(res), strip(ref))
+    pd.testing.assert_frame_equal(strip(res), strip(ref), check_exact=True)
 
 
 def test_dask_local_cluster_equals_sequential(reference, tmp_path):
     d, ref = reference
     res = run_designs([d], 12, 5, store=tmp_path, keys=["k"], chunk_size=4,
                       backend=Backend(kind="dask", n_workers=2))
-    pd.testing.assert_frame_equal(strip(res), strip(ref))
+    pd.testing.assert_frame_equal(strip(res), strip(ref), check_exact=True)
+
+
+def test_chunks_compute_with_one_blas_thread():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from experiments.montecarlo import _one_blas_thread
+
+    with threadpoolctl.threadpool_limits(limits=4):
+        with _one_blas_thread():
+            assert {p["num_threads"] for p in threadpoolctl.threadpool_info()} <= {1}
+
+
+def test_mediation_bit_identical_across_backends(tmp_path):
+    # the bootstrap's matrix products are the operations a threaded BLAS may split
+    # differently; every backend computes a chunk with one BLAS thread, so the numbers agree
+    # to the last bit, even when the main process of a sequential run has several threads
+    from experiments.build import build_draw, build_estimators
+    from experiments.montecarlo_run import cells
+    from experiments.run import compose
+
+    cfg = compose(["experiment=mediation", "experiment.n_reps=4", "experiment.chunk_size=2"])
+    designs = [Design(build_draw(c), build_estimators(c, list(c.experiment.outcomes)),
+                      cell=str(axes["assignment"])) for c, axes in cells(cfg)]
+    assert len(designs) == 2 and ("lnce", "mediation") in designs[0].estimators
+    keys = ["actual", "random"]
+
+    def run_on(backend, folder):
+        return strip(run_designs(designs, 4, 0, store=tmp_path / folder, keys=keys,
+                                 chunk_size=2, backend=backend))
+
+    try:
+        from threadpoolctl import threadpool_limits
+        many = threadpool_limits(limits=4)
+    except ImportError:  # pragma: no cover
+        import contextlib
+        many = contextlib.nullcontext()
+    with many:
+        ref = run_on(Backend(kind="sequential"), "sequential")
+    assert (ref.loc[ref["estimator"] == "mediation", "error"] == "").all()
+    assert ref["std_error"].notna().all()
+    for name, backend in (("loky", Backend(kind="loky", n_jobs=2)),
+                          ("dask", Backend(kind="dask", n_workers=2))):
+        pd.testing.assert_frame_equal(run_on(backend, name), ref, check_exact=True)
 
 
 def test_adding_an_estimator_leaves_others_unchanged(reference):
@@ -218,3 +260,55 @@ def test_selection_on_gdp_with_gdp_trends_biases_twfe_random_does_not():
     rnd = diagnose(run_reps(design("random", trend_pgdp=-0.004), 4, range(n))).iloc[0]
     assert abs(sel["bias"]) > 3 * sel["bias_mcse"] and sel["bias"] < 0
     assert abs(rnd["bias"]) < 3 * rnd["bias_mcse"]
+
+
+ORPHAN_SCRIPT = textwrap.dedent("""
+    import functools, sys
+    from experiments.build import _draw_province
+    from experiments.montecarlo import Backend, Design, run_designs
+    from estimators.twfe import TWFE
+    from simulate.design import Assignment, Effect, Timing
+    from simulate.province import ProvinceDGP
+    draw = functools.partial(_draw_province, ProvinceDGP(), Assignment(kind="random"), Timing(), Effect())
+    d = Design(draw, {("lnce", "twfe"): TWFE("lnce")})
+    # one long chunk for two workers: one computes, the other waits for a task
+    run_designs([d], 5000, 9, store=sys.argv[1], keys=["k"], chunk_size=5000,
+                backend=Backend(kind="loky", n_jobs=2))
+""")
+
+
+def _tagged(tag):
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if tag.encode() in (d / "environ").read_bytes():
+                    found.append(int(d.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_loky_workers_busy_or_idle_stop_when_the_main_process_is_killed(tmp_path):
+    import uuid
+
+    tag = uuid.uuid4().hex
+    script = tmp_path / "job.py"
+    script.write_text(ORPHAN_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "DIDLAB_TEST_TAG": tag}
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env)
+    deadline = time.time() + 60
+    # the main process, two workers and loky's resource tracker
+    while len(_tagged(tag)) < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while _tagged(tag) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _tagged(tag) == [], "loky workers outlived the killed run"
+    assert not list((tmp_path / "k").glob("reps-*.parquet"))
