@@ -32,7 +32,8 @@ PS_CAP = 1e-6
 
 
 def drdid_panel(dy: np.ndarray, treated: np.ndarray, x: np.ndarray | None = None,
-                trim_level: float = 0.995, firth: bool = False) -> tuple[float, np.ndarray]:
+                trim_level: float = 0.995, firth: bool = False,
+                names: Sequence[str] | None = None) -> tuple[float, np.ndarray]:
     """Sant'Anna and Zhao's (2020) locally efficient doubly robust DID for panel data.
 
     Parameters
@@ -74,7 +75,7 @@ def drdid_panel(dy: np.ndarray, treated: np.ndarray, x: np.ndarray | None = None
     d = np.asarray(treated, dtype=float)
     n = dy.size
     xk = np.empty((n, 0)) if x is None else np.asarray(x, dtype=float).reshape(n, -1)
-    fit = fit_binary(d, xk, "logit", firth=firth)
+    fit = fit_binary(d, xk, "logit", names, firth=firth)  # names: for error messages
     ps = np.minimum(fit.fitted, 1 - PS_CAP)
     keep = np.where(d == 1, True, ps < trim_level)
     X = np.column_stack([np.ones(n), xk])
@@ -325,7 +326,7 @@ class DRDID:
     @staticmethod
     def _estimate(cohort: np.ndarray, x: np.ndarray, dy: np.ndarray, cohorts: np.ndarray,
                   n_cells: np.ndarray, trim_level: float, firth: bool = False,
-                  improved: bool = False) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                  improved: bool = False, names: Sequence[str] | None = None) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """ATT, overall IF (one per unit position), per-cohort ATTs and SEs, used mask."""
         n = cohort.size
         ok_x = np.isfinite(x).all(axis=1)
@@ -342,7 +343,8 @@ class DRDID:
             xj = x[idx] if x.shape[1] else None
             att, inf = (drdid_imp_panel(dy[idx, j], cohort[idx] == g, xj, trim_level)
                         if improved else
-                        drdid_panel(dy[idx, j], cohort[idx] == g, xj, trim_level, firth))
+                        drdid_panel(dy[idx, j], cohort[idx] == g, xj, trim_level, firth,
+                                    names))
             atts[j] = att
             # R DRDID's SE: the root mean square of the (mean-zero) influence function
             ses[j] = inf.std(ddof=0) / np.sqrt(idx.size)
@@ -366,7 +368,8 @@ class DRDID:
             )
         cohort, x, dy, cohorts, n_cells = ua["cohort"], ua["x"], ua["dy"], ua["cohorts"], ua["n_cells"]
         att, inf, atts, ses, used = self._estimate(cohort, x, dy, cohorts, n_cells, self.trim_level,
-                                                     self.firth, self.improved)
+                                                     self.firth, self.improved,
+                                                     tuple(self.covariates))
         n_used = int(used.sum())
         se = float(inf.std(ddof=0) / np.sqrt(n_used))  # as R DRDID
         crit = critical_value(self.alpha, None)
@@ -449,7 +452,8 @@ class DRDID:
                 continue
             try:
                 out[b] = self._estimate(cohort[idx], x[idx], dy[idx], cohorts, cells,
-                                        self.trim_level, self.firth, self.improved)[0]
+                                        self.trim_level, self.firth, self.improved,
+                                        tuple(self.covariates))[0]
             except (EstimationError, np.linalg.LinAlgError):
                 continue
         return out

@@ -84,6 +84,40 @@ def hash_payload(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+#: a failure rate above this share of a cell's draws is explained in the report
+FAILURE_WARN = 0.02
+
+
+def failure_table(results: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """Per cell, outcome and estimator with a failure rate above :data:`FAILURE_WARN`:
+    the rate, the count and the most frequent reason (its first words)."""
+    head = results[results["role"] == "headline"]
+    rows = []
+    for key, g in head.groupby(["cell", *axes, "outcome", "estimator"], sort=False):
+        failed = g["error"].astype(str) != ""
+        if failed.mean() <= FAILURE_WARN:
+            continue
+        reasons = g.loc[failed, "error"].astype(str).str.slice(0, 140)
+        rows.append({**dict(zip(["cell", *axes, "outcome", "estimator"], key)),
+                     "failed": int(failed.sum()), "draws": len(g),
+                     "failure_rate": float(failed.mean()),
+                     "most_frequent_reason": reasons.value_counts().index[0]})
+    cols = ["cell", *axes, "outcome", "estimator", "failed", "draws", "failure_rate",
+            "most_frequent_reason"]
+    table = pd.DataFrame(rows, columns=cols)
+    return table.drop(columns=["cell"]) if axes else table
+
+
+def common_draws(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of draws (cell, replicate, outcome) in which every estimator succeeded."""
+    head = results[results["role"] == "headline"]
+    ok = head.assign(ok=head["error"].astype(str) == "").groupby(
+        ["cell", "rep", "outcome"])["ok"].all()
+    keep = ok[ok].index
+    idx = pd.MultiIndex.from_frame(results[["cell", "rep", "outcome"]])
+    return results[idx.isin(keep)]
+
+
 def store_line(chunks: Mapping[str, int], store: str) -> str:
     """One sentence on what the store supplied: chunks computed now, chunks reused."""
     computed, reused = chunks["computed"], chunks["reused"]
@@ -143,6 +177,29 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
         f"at {at} (size when the effect is zero, power otherwise); `_mcse` columns in "
         "`diagnosands.csv` give Monte Carlo standard errors.\n\n" + stored + "\n\n"
         + report.markdown_table(head[cols]) + "\n"]
+    failures = failure_table(results, shown_axes)
+    if len(failures):
+        by = ["cell", *shown_axes]
+        common = diagnose(common_draws(results), by=(*by, "outcome", "estimator", "term"))
+        common = common[[r == "headline" for r in
+                         (roles.get((e, t), "headline")
+                          for e, t in zip(common["estimator"], common["term"]))]]
+        common.to_csv(out / "diagnosands_common.csv", index=False)
+        written.update(failures=failures, diagnosands_common=common)
+        ccols = [c for c in (*shown_axes, "outcome", "estimator", "n_draws", "bias",
+                             "bias_mcse", "rmse", "coverage", "rejection") if c in common]
+        print_table("Warning: some estimators failed in more than "
+                    f"{FAILURE_WARN:.0%} of draws", failures)
+        sections.append(
+            "## Warnings: failed draws\n\nThese estimators failed in more than "
+            f"{FAILURE_WARN:.0%} of a cell's draws, so their diagnosands above come from a "
+            "different subset of draws than the other estimators'. The most frequent reason "
+            "is shown; for a separated propensity score (few treated units per cohort) the "
+            "remedies are fewer score covariates, trimming, or Firth's penalised logit "
+            "(`estimator.dr_did.firth=true`).\n\n" + report.markdown_table(failures) + "\n\n"
+            "The same diagnosands on the draws where **every** estimator succeeded "
+            "(`diagnosands_common.csv`), so that the estimators are compared on the same "
+            "draws:\n\n" + report.markdown_table(common[ccols]) + "\n")
     if cfg.experiment.figures:
         outcome0 = list(cfg.experiment.outcomes)[0]
         paths = report.diagnosand_figures(diag, [a for a in AXES if a in axes_frame],

@@ -312,3 +312,28 @@ def test_loky_workers_busy_or_idle_stop_when_the_main_process_is_killed(tmp_path
         time.sleep(0.1)
     assert _tagged(tag) == [], "loky workers outlived the killed run"
     assert not list((tmp_path / "k").glob("reps-*.parquet"))
+
+
+def test_failure_rates_are_explained_and_estimators_compared_on_common_draws():
+    """An estimator failing in many draws (here: DR-DID's logit separated by a covariate
+    that tracks the pilots) is named in a warnings table with its reason, and the
+    diagnosands are also given on the draws where every estimator succeeded."""
+    import pandas as pd
+
+    from experiments.montecarlo_run import common_draws, failure_table
+
+    rows = []
+    for rep in range(10):
+        for est, err in (("twfe", ""), ("dr_did", "EstimationError: the logit score separates"
+                                        if rep < 4 else "")):
+            rows.append({"cell": "c", "rep": rep, "outcome": "y", "estimator": est,
+                         "term": "ATT", "role": "headline", "error": err,
+                         "estimate": 0.0 if err else 1.0})
+    res = pd.DataFrame(rows)
+    table = failure_table(res, [])
+    assert list(table["estimator"]) == ["dr_did"]
+    assert table["failure_rate"].iloc[0] == 0.4
+    assert "separates" in table["most_frequent_reason"].iloc[0]
+    common = common_draws(res)
+    assert sorted(common["rep"].unique()) == list(range(4, 10))
+    assert set(common["estimator"]) == {"twfe", "dr_did"}
