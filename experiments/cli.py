@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import difflib
+import re
 import sys
+from typing import Any
 from types import FrameType
 
 import hydra
@@ -87,13 +90,58 @@ def _precheck(argv: list[str]) -> None:
 
         for job in jobs:
             job = [j for j in job if not j.startswith("hydra")]
-            cfg = resolve_calibrated(compose(job))
+            try:
+                cfg = compose(job)
+            except (HydraException, OmegaConfBaseException) as exc:
+                # "Could not override 'experiment.nreps'. To append ... use +experiment.nreps"
+                # advises adding a key nothing reads: name the closest real key instead
+                match = re.search(r"Could not override '([^']+)'", str(exc))
+                if match:
+                    fail(_unknown_key(match.group(1), [o for o in job if not o.lstrip(
+                        "+~").startswith(match.group(1) + "=")], compose))
+                raise
+            _check_additions(job, compose)
+            cfg = resolve_calibrated(cfg)
             # every cell's simulator, every estimator's check(), the experiment's options
             validate(cfg)
             if cfg.data.kind not in SIMULATED:
                 load_panel(file_spec(cfg))  # a bad file fails here, before any output
     except (HydraException, OmegaConfBaseException, DidlabError) as exc:
         fail(_one_line(exc))
+
+
+def _unknown_key(key: str, others: list[str], compose: Any) -> str:
+    """One line for a key no schema knows, with the closest real key."""
+    parent_key, _, leaf = key.rpartition(".")
+    try:
+        base = compose(others)
+        parent = OmegaConf.select(base, parent_key) if parent_key else base
+    except Exception:  # the rest of the command is broken too: say what we know
+        parent = None
+    known = list(parent.keys()) if isinstance(parent, DictConfig) else []
+    close = difflib.get_close_matches(leaf, [str(k) for k in known], n=1, cutoff=0.5)
+    hint = (f"; did you mean {parent_key + '.' if parent_key else ''}{close[0]}?" if close
+            else f"; options there: {sorted(map(str, known))[:12]}" if known else "")
+    return f"{key} is not an option{hint}"
+
+
+def _check_additions(job: list[str], compose: Any) -> None:
+    """Refuse ``+key=value`` where ``key`` lands in a typed config node: such a key is read
+    by nothing (``+seeed=3`` was accepted and ignored). Adding to free-form maps
+    (``+data.derive.x=...``, ``+data.indices...``) stays allowed."""
+    additions = [o for o in job if o.startswith("+") and not o.startswith("++")]
+    if not additions:
+        return
+    base = compose([o for o in job if o not in additions])
+    for o in additions:
+        key = o[1:].split("=", 1)[0]
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(base, parent_key) if parent_key else base
+        if not isinstance(parent, DictConfig) or OmegaConf.get_type(parent) in (dict, None):
+            continue  # a free-form map (or a path Hydra will judge itself)
+        if leaf in parent:
+            fail(f"{key} is already an option: write {key}=... without the '+'")
+        fail(_unknown_key(key, [x for x in job if x != o], compose))
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,

@@ -41,6 +41,10 @@ def test_default_run_prints_table_and_writes_outputs(tmp_path):
     (["experiment=sensitivity", "experiment.sensitivity.rm_method=flci"],
      "experiment.sensitivity.rm_method='flci' is not accepted"),
     (["experiment=sensitivity", "experiment.sensitivity.mbar_grid=[-1]"], "mbar_grid"),
+    # typos name the closest real key instead of advising to append the typo
+    (["experiment.nreps=5"], "experiment.nreps is not an option; did you mean experiment.n_reps?"),
+    (["+seeed=3"], "seeed is not an option; did you mean seed?"),
+    (["+experiment.nreps=5"], "experiment.nreps is not an option; did you mean experiment.n_reps?"),
 ])
 def test_bad_values_one_line_exit_2(tmp_path, args, message):
     r = didlab(*args, f"hydra.run.dir={tmp_path}/run", cwd=ROOT)
