@@ -155,21 +155,23 @@ def entries() -> Iterator[Entry]:
     return iter(CATALOG.values())
 
 
-def capabilities(estimator: Any) -> Capabilities:
-    """What a built estimator declares (looked up by its class)."""
+def entry_of(estimator: Any) -> Entry:
+    """The catalogue line of a built estimator (looked up by its class)."""
     _load()
     for e in CATALOG.values():
         if type(estimator) is e.cls:
-            return e.capabilities
+            return e
     raise OptionError(f"{type(estimator).__name__} is not a catalogue estimator")
+
+
+def capabilities(estimator: Any) -> Capabilities:
+    """What a built estimator declares."""
+    return entry_of(estimator).capabilities
 
 
 def kind_of(estimator: Any) -> str:
-    _load()
-    for e in CATALOG.values():
-        if type(estimator) is e.cls:
-            return e.kind
-    raise OptionError(f"{type(estimator).__name__} is not a catalogue estimator")
+    """The catalogue kind of a built estimator."""
+    return entry_of(estimator).kind
 
 
 def options(cls: type) -> list[Option]:
@@ -302,5 +304,5 @@ def is_optional(tp: Any) -> bool:
 
 
 __all__ = ["CATALOG", "Capabilities", "Entry", "Option", "REQUIRED", "capabilities", "entries",
-           "entry", "is_optional", "is_sequence_type", "kind_of", "kinds", "options",
+           "entry", "entry_of", "is_optional", "is_sequence_type", "kind_of", "kinds", "options",
            "register", "renamed", "renamed_options"]

@@ -46,20 +46,10 @@ class TWFE(InferenceOptions):
     controls
         Covariate columns (time-varying; ones the fixed effects absorb are reported as not
         identified).
-    cluster
-        Cluster column for ``se="cluster"`` (default the unit).
-    se
-        ``"cluster"`` (default), ``"robust"`` (heteroskedasticity-robust) or
-        ``"conventional"``.
-    ssc
-        Small-sample convention: ``"stata"`` (xtreg fe / reghdfe, default), ``"full"``
-        (areg / statsmodels with dummies), ``"linearmodels"`` (PanelOLS defaults) or
-        ``"none"``. See :func:`estimators.fe.vcov`.
-    dist
-        Reference law for p-values and intervals: ``"t"`` (t(G-1) clustered, t(N-K)
-        otherwise, as Stata) or ``"normal"`` (as linearmodels).
-    alpha
-        Significance level of the interval.
+    cluster, se, ssc, dist, alpha
+        Inference, keyword only: see :class:`~estimators.regression.InferenceOptions`
+        (cluster-robust by unit with Stata's small-sample convention and t(G-1) by
+        default).
     paper_terms
         Also put the study's ``policy`` and ``post`` dummies beside the fixed effects, as
         seed 002's Table 4 does; both are reported as not identified.
