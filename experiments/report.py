@@ -113,7 +113,7 @@ def event_study_figure(terms: pd.DataFrame, path: Path, title: str) -> Path:
                         label=f"{label} ({level(g['alpha']) if 'alpha' in g else '95%'} CI)")
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(-0.5, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel("years since treatment (reference -1)")
+        ax.set_xlabel("periods since treatment (reference -1)")
         ax.set_ylabel(f"effect on {outcome}")
         ax.set_title(outcome)
         if wide:
