@@ -38,6 +38,11 @@ def cells(cfg: DictConfig) -> list[tuple[DictConfig, dict[str, str]]]:
 
     base = choices(cfg)
     grid = OmegaConf.to_container(cfg.experiment.grid) if cfg.experiment.grid else {}
+    given = _grid_override(list(cfg.origin.overrides) if "origin" in cfg else [])
+    if given is not None:
+        # experiment.grid={timing:[...]} on the command line replaces the experiment's grid
+        # (Hydra would merge the two dicts: 6 cells where the user asked for 2)
+        grid = given
     if not grid or in_multirun():
         return [(cfg, base)]
     for group in grid:
@@ -57,6 +62,18 @@ def cells(cfg: DictConfig) -> list[tuple[DictConfig, dict[str, str]]]:
         axes.update({g: str(o) for g, o in combo})
         out.append((c, axes))
     return out
+
+
+def _grid_override(overrides: list[str]) -> dict[str, Any] | None:
+    """The value of a whole-grid override ``experiment.grid={...}``, if one was given."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in overrides:
+        if o.split("=", 1)[0].lstrip("+~") == "experiment.grid" and "=" in o:
+            parsed = OverridesParser.create().parse_overrides([o])[0]
+            value = parsed.value()
+            return dict(value) if isinstance(value, dict) else {}
+    return None
 
 
 def cell_name(axes: Mapping[str, str], varying: set[str] | None = None) -> str:

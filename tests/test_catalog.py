@@ -261,3 +261,14 @@ def test_old_config_key_is_mapped_with_a_warning():
     assert any("estimator.callaway_santanna.bootstrap" in m for m in said)
     assert built[("lnce", "dr_did")].covariates == ("lnpgdp",)
     assert built[("lnce", "callaway_santanna")].n_boot == 999
+
+
+def test_a_grid_given_on_the_command_line_replaces_the_experiments_grid():
+    """`experiment.grid={timing:[notice_2011,market_open]}` asks for 2 cells; Hydra's merge
+    with robustness's 3x3 grid gave 6."""
+    from experiments.montecarlo_run import cells
+
+    cfg = compose(["experiment=robustness",
+                   "experiment.grid={timing:[notice_2011,market_open]}"])
+    runs = cells(cfg)
+    assert [axes["timing"] for _, axes in runs] == ["notice_2011", "market_open"]
