@@ -340,11 +340,18 @@ def psm_figures(match, label: str, folder: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     sns.histplot(data=table, x="score", hue="group", bins=25, stat="density", common_norm=False,
                  element="step", ax=ax)
+    # seaborn's legend says which colour is which group; keep it when adding a marker
+    seaborn_legend = ax.get_legend()
+    handles = list(seaborn_legend.legend_handles) if seaborn_legend else []
+    labels = [t.get_text() for t in seaborn_legend.get_texts()] if seaborn_legend else []
     off = table[~table["on_support"]]
     if len(off):
-        ax.plot(off["score"], np.zeros(len(off)), "x", color="black", ms=7,
-                label=f"off support ({len(off)})")
-        ax.legend(fontsize=8)
+        (marker,) = ax.plot(off["score"], np.zeros(len(off)), "x", color="black", ms=7)
+        handles.append(marker)
+        labels.append(f"off support ({len(off)})")
+    if handles:
+        ax.legend(handles, labels, title="group", fontsize=8, title_fontsize=8,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xlabel("propensity score")
     ax.set_title(f"{label}: propensity overlap ({int(table['treated'].sum())} treated)", fontsize=10)
     fig.tight_layout()
@@ -357,6 +364,8 @@ def psm_figures(match, label: str, folder: Path) -> list[Path]:
     })
     fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(bal) + 1.6))
     sns.scatterplot(data=long, x="abs_smd", y="covariate", hue="sample", style="sample", s=70, ax=ax)
+    # outside the axes: inside, the legend covered points with large differences
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title_fontsize=8)
     ax.axvline(0.1, color="grey", ls="--", lw=1)
     ax.set_xlabel("absolute standardized mean difference")
     ax.set_title(f"{label}: covariate balance (love plot)", fontsize=10)

@@ -663,3 +663,26 @@ def test_improved_dr_did_balances_covariates_exactly(nsw_cps):
     ps = calibrated_score(d, x)
     odds = ps[~d] / (1 - ps[~d])
     np.testing.assert_allclose(odds @ x[~d], x[d].sum(axis=0), rtol=1e-8)
+
+
+def test_overlap_legend_names_both_groups_and_the_off_support_marker(province, tmp_path,
+                                                                     monkeypatch):
+    """The overlap figure's legend says which colour is treated (adding the off-support
+    marker used to replace seaborn's group legend)."""
+    import experiments.report as report
+
+    legends = []
+
+    def keep(fig, path):
+        for ax in fig.axes:
+            if ax.get_legend():
+                legends.append([t.get_text() for t in ax.get_legend().get_texts()])
+        return path
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    match = PSMDID("lnce", covariates=("lnpgdp", "lnes")).match(province)
+    report.psm_figures(match, "psm_did", tmp_path)
+    overlap = legends[0]
+    assert "treated" in overlap and "control" in overlap
+    if (~match.table["on_support"]).any():
+        assert any(t.startswith("off support") for t in overlap)
