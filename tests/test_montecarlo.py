@@ -22,6 +22,8 @@ from experiments.montecarlo import (Backend, Design, binomial_band, diagnose, es
 from simulate.design import Assignment, Effect, Timing
 from simulate.province import ProvinceDGP
 
+from .test_cli import _tagged  # processes whose environment holds a tag
+
 import functools
 
 
@@ -277,16 +279,6 @@ ORPHAN_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _tagged(tag):
-    found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if tag.encode() in (d / "environ").read_bytes():
-                    found.append(int(d.name))
-            except OSError:
-                pass
-    return found
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
