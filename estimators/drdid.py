@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import special
 
 from .matching import _panel_data, _subjects, balance_table, effective_n, fit_binary, parse_baseline
-from .panel import excluding_always_treated, D, TIME, EstimationError, OptionError, check_choice
+from .panel import treated_att, excluding_always_treated, D, TIME, EstimationError, OptionError, check_choice
 from .catalog import renamed
 from .psm_did import BOOT_CI, _boot_summary, _old_inference, _psm_terms
 from .result import Estimate, critical_value, p_value, terms_frame
@@ -262,9 +262,7 @@ class DRDID:
     @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         """True ATT over treated cells (``mean te_<outcome>`` over ``d == 1`` rows)."""
-        te = panel[f"te_{self.outcome}"].to_numpy()
-        d = panel[D].to_numpy() == 1
-        return {"ATT": float(te[d].mean())}
+        return treated_att(panel, self.outcome)
 
     @property
     def inference(self) -> str:

@@ -329,6 +329,13 @@ def treatment_from_cohort(cohort: np.ndarray, time: np.ndarray) -> np.ndarray:
     return ((cohort > 0) & (np.asarray(time) >= cohort)).astype(np.int8)
 
 
+def treated_att(panel: pd.DataFrame, outcome: str) -> dict[str, float]:
+    """The ATT over treated cells of a simulated panel: ``mean te_<outcome>`` over the
+    ``d == 1`` rows (the estimand of TWFE, PSM-DID and DR-DID)."""
+    te = panel[f"te_{outcome}"].to_numpy()
+    return {"ATT": float(te[panel[D].to_numpy() == 1].mean())}
+
+
 def always_treated(panel: pd.DataFrame) -> np.ndarray:
     """Rows of units treated in the panel's first period or before (``0 < cohort <= first
     period``): they are never observed untreated."""

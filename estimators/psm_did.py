@@ -28,7 +28,7 @@ from .fe import ols_fe
 from .matching import (MatchOptions, MatchResult, _match_subjects, _matching_diagnostics,
                        _no_match_error, _PanelData, _panel_data, _Subjects, _subjects,
                        balance_table, parse_baseline)
-from .panel import (excluding_always_treated, COHORT, D, TIME, UNIT, EstimationError, OptionError,
+from .panel import (treated_att, excluding_always_treated, COHORT, D, TIME, UNIT, EstimationError, OptionError,
                     PanelError, check_choice)
 from .catalog import renamed
 from .regression import InferenceOptions
@@ -258,9 +258,7 @@ class PSMDID(MatchOptions, InferenceOptions):
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         """True value of the headline on a simulated panel: the ATT over treated cells
         (``mean te_<outcome>`` over rows with ``d == 1``, as :meth:`TWFE.estimand`)."""
-        te = panel[f"te_{self.outcome}"].to_numpy()
-        d = panel[D].to_numpy() == 1
-        return {"ATT": float(te[d].mean())}
+        return treated_att(panel, self.outcome)
 
     # -- matching ----------------------------------------------------------------------------
     def _prepare(self, panel: pd.DataFrame) -> tuple[_PanelData, _Subjects]:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .design import fe_arrays
-from .panel import excluding_always_treated, COHORT, D, TIME, EstimationError, OptionError
+from .panel import treated_att, excluding_always_treated, COHORT, D, TIME, EstimationError, OptionError
 from .regression import InferenceOptions, fit_fe
 from .result import Estimate, critical_value, p_value
 
@@ -77,9 +77,7 @@ class TWFE(InferenceOptions):
     @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         """True value of the headline on a simulated panel: the ATT over treated cells."""
-        te = panel[f"te_{self.outcome}"].to_numpy()
-        d = panel[D].to_numpy() == 1
-        return {"ATT": float(te[d].mean())}
+        return treated_att(panel, self.outcome)
 
     def check(self) -> None:
         """Validate every option (see :mod:`estimators.catalog`)."""
