@@ -30,6 +30,7 @@ from scipy import special
 
 from estimators.design import codes_of
 from estimators.panel import COHORT, D, TIME, UNIT, EstimationError, PanelError, validate_panel
+from .files import write_text
 from simulate.calibrated import CalibratedDGP
 
 
@@ -181,10 +182,7 @@ def save_calibration(dgp: CalibratedDGP, path: Path, source: str, controls: Sequ
     text = ("# Fitted by `didlab experiment=calibrate` from " + source + ".\n"
             "# Use it with: didlab experiment=robustness data=calibrated data.from=" + str(path) + "\n"
             + OmegaConf.to_yaml(OmegaConf.create(body)))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_text(path, text)
 
 
 def load_calibration(path: str | Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from estimators.panel import OptionError
 
@@ -41,14 +41,14 @@ def run_calibrate(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict, l
                          "sd": frame[col].std(), "sd_between_units": unit_means.std(),
                          "sd_within_units": (frame[col] - frame["unit"].map(unit_means)).std()})
     moments = pd.DataFrame(rows)
-    moments.to_csv(out / "calibration_moments.csv", index=False)
+    report.write_csv(moments, out / "calibration_moments.csv")
     params = pd.DataFrame([{"rho": dgp.rho, "sigma": dgp.sigma, "unit_sd": dgp.unit_sd,
                             "treated_shift": dgp.treated_shift, "selection": dgp.selection,
                             **{f"beta_{k}": v for k, v in dgp.beta.items()}}])
     # the Bertrand-Duflo-Mullainathan placebo on the real outcomes
     estimators = build_estimators(cfg, [outcome])
     design = placebo_design(panel, outcome, estimators)
-    backend = Backend(**OmegaConf.to_container(cfg.backend, resolve=True))
+    backend = Backend.of(cfg.backend)
     key = design_key({"bdm": str(cfg.data.path), "mtime": Path(str(cfg.data.path)).stat().st_mtime,
                       **hash_payload(cfg)})
     results = run_designs([design], int(cfg.experiment.n_reps), int(cfg.seed),
@@ -57,7 +57,7 @@ def run_calibrate(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict, l
                           progress=bool(cfg.experiment.progress) and isatty())
     diag = diagnose(results[results["role"] == "headline"])
     report.write_table(results, out / "placebo_results")
-    diag.to_csv(out / "placebo_diagnosands.csv", index=False)
+    report.write_csv(diag, out / "placebo_diagnosands.csv")
     cols = ["estimator", "term", "n_draws", "n_failed", "rejection", "rejection_mcse", "mean_estimate",
             "se_sd_ratio"]
     print_table("Calibrated parameters (saved to calibrated.yaml)", params)

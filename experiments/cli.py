@@ -12,18 +12,14 @@ import signal
 import difflib
 import re
 import sys
+from pathlib import Path
 from typing import Any
 from types import FrameType
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from estimators.panel import DidlabError
-
-from .run import CONF_DIR
-from .schema import register
-
-register()
+from . import CONF_DIR
 # `${pid:}` in hydra.run.dir / hydra.sweep.dir (conf/config.yaml): two runs started in the
 # same second are two processes, so the pid gives each its own folder. Cached, so every
 # job of a sweep (and a launcher's copy of the config) resolves to the launching process.
@@ -50,16 +46,30 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def fail_io(exc: OSError) -> None:
+    """One line for an operating-system failure (full or read-only disk, permissions) and
+    exit status 1: the run could not be written, whatever the config."""
+    where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+    reason = exc.strerror or _one_line(exc)
+    print(f"didlab: error: cannot write{where}: {reason}; nothing was reported complete "
+          "(finished chunks stay in the store)", file=sys.stderr)
+    raise SystemExit(1)
+
+
 # an absolute path: relative paths would be read as a Python package when the module is
 # imported (the console script), and `conf/` deliberately is not one
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _app(cfg: DictConfig) -> None:
     from .run import record_origin, run
 
+    from estimators.panel import DidlabError
+
     try:
         run(record_origin(cfg))
     except DidlabError as exc:
         fail(_one_line(exc))
+    except OSError as exc:  # a full or read-only disk, a vanished folder: not the config's fault
+        fail_io(exc)
 
 
 def _precheck(argv: list[str]) -> None:
@@ -68,6 +78,8 @@ def _precheck(argv: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+
+    from estimators.panel import DidlabError
 
     flags = [a for a in argv if a.startswith("-")]
     if any(f in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--version",
@@ -104,10 +116,42 @@ def _precheck(argv: list[str]) -> None:
             cfg = resolve_calibrated(cfg)
             # every cell's simulator, every estimator's check(), the experiment's options
             validate(cfg)
+            _check_writable(overrides, cfg, multirun="-m" in flags or "--multirun" in flags)
+            if cfg.backend.kind == "dask" and cfg.backend.address:
+                from .montecarlo import check_scheduler
+
+                check_scheduler(str(cfg.backend.address))
             if cfg.data.kind not in SIMULATED:
                 load_panel(file_spec(cfg))  # a bad file fails here, before any output
     except (HydraException, OmegaConfBaseException, DidlabError) as exc:
         fail(_one_line(exc))
+
+
+def _writable_root(path: str) -> Path:
+    """The folder that must be writable for ``path`` to be created: the part before any
+    interpolation (``outputs/${now:...}`` -> ``outputs``), then its nearest existing
+    ancestor."""
+    literal = Path(path.split("${", 1)[0] or ".").expanduser()
+    for candidate in (literal, *literal.absolute().parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def _check_writable(overrides: list[str], cfg: DictConfig, multirun: bool) -> None:
+    """Refuse, before Hydra creates anything, an output folder or store on a read-only
+    disk or without write permission (Hydra's own failure is a traceback)."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == key]
+    default = OmegaConf.load(Path(CONF_DIR) / "config.yaml").hydra[
+        "sweep" if multirun else "run"]["dir"]
+    places = {key: given[-1] if given else OmegaConf.to_container(
+        OmegaConf.create({"d": default}))["d"], "experiment.store": str(cfg.experiment.store)}
+    for name, path in places.items():
+        root = _writable_root(path)
+        if not os.access(root, os.W_OK | os.X_OK):
+            fail(f"{name}={path}: cannot write under {root} (read-only file system or no "
+                 "permission); choose another folder")
 
 
 def _unknown_key(key: str, others: list[str], compose: Any) -> str:
@@ -144,6 +188,53 @@ def _check_additions(job: list[str], compose: Any) -> None:
         fail(_unknown_key(key, [x for x in job if x != o], compose))
 
 
+#: config groups that are internal plumbing, not choices a user makes
+INTERNAL_GROUPS = ("schema", "experiment_data", "hydra")
+
+
+def _first_sentence(path: Path, width: int = 100) -> str:
+    """A config file's description: its leading comment's first sentence, shortened to
+    ``width`` characters."""
+    words: list[str] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("# @package"):
+            continue
+        if not line.startswith("#"):
+            break
+        words.extend(line.lstrip("#").split())
+        if any(w.endswith(".") for w in words):
+            break
+    text = " ".join(words)
+    for i, w in enumerate(words):
+        if w.endswith("."):
+            text = " ".join(words[: i + 1]).rstrip(".")
+            break
+    return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0] + " ..."
+
+
+def help_text() -> str:
+    """``didlab --help``: read from the config folder only (no estimator is imported), so
+    it prints in well under two seconds. Internal groups (schemas) are not listed."""
+    conf = Path(CONF_DIR)
+    head = OmegaConf.load(conf / "config.yaml").hydra.help
+    lines = [head.header.rstrip(), "", "Choices per group (group=option; estimator takes a "
+             "list: estimator=[twfe,event_study]):", ""]
+    for group in sorted(p for p in conf.iterdir() if p.is_dir()):
+        if group.name in INTERNAL_GROUPS:
+            continue
+        names = sorted(f.stem for f in group.glob("*.yaml"))
+        lines.append(f"  {group.name}: {', '.join(names)}")
+    lines += ["", "Experiments (experiment=NAME):", ""]
+    for f in sorted((conf / "experiment").glob("*.yaml")):
+        lines.append(f"  {f.stem:<18} {_first_sentence(f)}")
+    lines += ["", "More:",
+              "  didlab --cfg job [overrides]   the composed config: every key you can set",
+              "  didlab collect OUTPUT_DIR      combine a sweep's jobs into one table",
+              "  didlab --hydra-help            Hydra's own flags (-m sweeps, launchers)",
+              "", head.footer.rstrip()]
+    return "\n".join(lines)
+
+
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
                       lineno: int, line: str | None = None) -> str:
     return f"didlab: warning: {message}\n"
@@ -159,13 +250,22 @@ def main() -> None:
     # the default SIGTERM action kills this process at once and leaves its workers behind
     signal.signal(signal.SIGTERM, _on_sigterm)
     argv = sys.argv[1:]
+    if any(a in ("--help", "-h") for a in argv):
+        print(help_text())
+        raise SystemExit(0)
+    from .schema import register
+
+    register()  # the config schemas, derived from the estimator catalogue
     try:
         if argv and argv[0] == "collect":
             from .collect import main as collect_main
 
             raise SystemExit(collect_main(argv[1:]))
         _precheck(argv)
-        _app()
+        try:
+            _app()
+        except OSError as exc:  # Hydra creating the run folder on a read-only disk
+            fail_io(exc)
     except KeyboardInterrupt as exc:
         how, code = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
         print(f"didlab: {how}: stopped; finished chunks stay in the store for the next run",

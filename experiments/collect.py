@@ -17,6 +17,7 @@ from hydra.experimental.callback import Callback
 from estimators.panel import DidlabError
 
 from . import report
+from .files import write_csv, write_text
 from .montecarlo_run import AXES
 
 
@@ -40,7 +41,7 @@ def collect(sweep_dir: str | Path) -> dict[str, Any]:
         d.insert(0, "job", str(f.parent.relative_to(root)))
         frames.append(d)
     table = pd.concat(frames, ignore_index=True)
-    table.to_csv(root / "diagnosands_all.csv", index=False)
+    write_csv(table, root / "diagnosands_all.csv")
     axes = [a for a in AXES if a in table and table[a].nunique() > 1]
     figures = []
     if "role" in table:
@@ -52,7 +53,7 @@ def collect(sweep_dir: str | Path) -> dict[str, Any]:
             if c in head]
     body = [f"# didlab sweep: {len(files)} jobs\n", report.markdown_table(head[cols]), ""]
     body += [f"![{p.stem}](figures/{p.name})" for p in figures]
-    (root / "report.md").write_text("\n".join(body) + "\n")
+    write_text(root / "report.md", "\n".join(body) + "\n")
     print(f"combined {len(files)} jobs -> {root / 'diagnosands_all.csv'}")
     return {"table": table, "figures": figures}
 

@@ -17,8 +17,8 @@ def run_estimate(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[str
     the fits already made on the panel."""
     report.write_table(draw.table, out / "results")
     reg = report.regression_table(draw)
-    (out / "regression_table.md").write_text(reg["markdown"])
-    (out / "regression_table.tex").write_text(reg["latex"])
+    report.write_text(out / "regression_table.md", reg["markdown"])
+    report.write_text(out / "regression_table.tex", reg["latex"])
     print("\n" + reg["markdown"])
     return ({"regression_table": out / "regression_table.md", "results": out / "results.parquet"},
             ["## Regression table\n\n" + reg["markdown"] + "\n"])

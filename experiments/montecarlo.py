@@ -30,8 +30,13 @@ import numpy as np
 import pandas as pd
 
 from estimators.panel import DidlabError, OptionError, check_choice
+from .files import write_parquet
 
 BACKENDS = ("sequential", "loky", "dask")
+
+
+class BackendError(DidlabError):
+    """The configured backend cannot run the work (an unreachable Dask scheduler)."""
 
 #: columns of a results table, in order
 RESULT_COLUMNS = (
@@ -172,16 +177,9 @@ def chunk_path(folder: Path, lo: int, hi: int) -> Path:
 
 
 def write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write Parquet to a temporary name, then rename: a killed run never leaves a
-    half-written chunk under the final name (and an interrupted write removes its
-    temporary file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write a chunk atomically (:func:`experiments.files.write_parquet`): a killed run
+    never leaves a half-written chunk under the final name."""
+    write_parquet(frame, path)
 
 
 #: the ``cell`` label stored chunks carry: a chunk's numbers depend only on its key, and
@@ -354,7 +352,86 @@ class Backend:
     threads_per_worker: int = 1
 
     def validate(self) -> None:
+        """Refuse settings joblib or dask would reject mid-run with a traceback."""
         check_choice("backend.kind", self.kind, BACKENDS)
+        if not isinstance(self.n_jobs, int) or self.n_jobs == 0:
+            raise OptionError(f"backend.n_jobs={self.n_jobs!r} must be a positive number of "
+                              "workers, or negative to count back from all cores (-1 = all)")
+        for name in ("n_workers", "threads_per_worker"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise OptionError(f"backend.{name}={value!r} must be an integer >= 1")
+        if self.address is not None and self.kind != "dask":
+            raise OptionError(f"backend.address={self.address!r} is read only with "
+                              f"backend=dask (backend.kind is {self.kind!r})")
+
+    @classmethod
+    def of(cls, node: Any) -> "Backend":
+        """The backend a config's ``backend`` node describes, validated."""
+        from omegaconf import OmegaConf
+
+        values = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else node
+        backend = cls(**values)
+        backend.validate()
+        return backend
+
+
+#: seconds to wait for a Dask scheduler before saying it does not answer
+DASK_CONNECT_TIMEOUT = 10
+
+
+def check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Refuse a Dask scheduler address nothing listens on (a TCP connection attempt), so
+    that the command line says so before a run folder exists."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or not parts.port:
+        raise BackendError(f"backend.address={address!r} must look like tcp://HOST:PORT "
+                           "(the address `dask scheduler` prints)")
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=timeout).close()
+    except OSError as exc:
+        raise BackendError(f"backend.address={address!r}: no Dask scheduler answers "
+                           f"({exc.strerror or type(exc).__name__}); start one with "
+                           "`dask scheduler` or drop backend.address to use a local "
+                           "cluster") from None
+
+
+@contextlib.contextmanager
+def dask_client(backend: Backend) -> Iterator[Any]:
+    """A Dask client for the run: connected to ``backend.address``, or to a LocalCluster
+    started for the run (and closed after it) when no address is given.
+
+    An unreachable scheduler is one line naming the address, after
+    :data:`DASK_CONNECT_TIMEOUT` seconds, not a 30-second wait and a traceback.
+    """
+    from dask.distributed import Client, LocalCluster
+
+    cluster = None
+    if backend.address:
+        try:
+            client = Client(backend.address, timeout=DASK_CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise BackendError(f"backend.address={backend.address!r}: no Dask scheduler "
+                               f"answered within {DASK_CONNECT_TIMEOUT} s "
+                               f"({type(exc).__name__}); start one with `dask scheduler` "
+                               "or drop backend.address to use a local cluster") from None
+    else:
+        # warnings of workers whose tasks are cancelled (Ctrl-C, SIGTERM) are noise;
+        # errors still show
+        cluster = LocalCluster(n_workers=backend.n_workers,
+                               threads_per_worker=backend.threads_per_worker,
+                               processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+        client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def _execute(tasks: Sequence[tuple], backend: Backend, progress: bool) -> list[str]:
@@ -390,28 +467,10 @@ def _execute(tasks: Sequence[tuple], backend: Backend, progress: bool) -> list[s
                 done.append(status)
                 bar.update()
             return done
-        from dask.distributed import Client, LocalCluster
-
-        cluster = None
-        if backend.address:
-            client = Client(backend.address)
-        else:
-            # warnings of workers whose tasks are cancelled (Ctrl-C, SIGTERM) are noise;
-            # errors still show
-            cluster = LocalCluster(n_workers=backend.n_workers,
-                                   threads_per_worker=backend.threads_per_worker,
-                                   processes=True, dashboard_address=None,
-                                   silence_logs=logging.ERROR)
-            client = Client(cluster)
-        try:
-            with parallel_config(backend="dask"):
-                for status in Parallel(return_as="generator_unordered")(calls):
-                    done.append(status)
-                    bar.update()
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        with dask_client(backend), parallel_config(backend="dask"):
+            for status in Parallel(return_as="generator_unordered")(calls):
+                done.append(status)
+                bar.update()
         return done
     finally:
         bar.close()

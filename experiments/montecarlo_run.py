@@ -148,7 +148,7 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
     """Run every cell's draws (resumable chunks, any backend) and write the diagnosands."""
     from .run import isatty
 
-    backend = Backend(**OmegaConf.to_container(cfg.backend, resolve=True))
+    backend = Backend.of(cfg.backend)
     backend.validate()
     runs = cells(cfg)
     varying = {a for a in AXES if len({ax.get(a) for _, ax in runs}) > 1}
@@ -173,7 +173,7 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
     roles = results.drop_duplicates(["estimator", "term"]).set_index(["estimator", "term"])["role"]
     diag["role"] = [roles.get((e, t), "headline") for e, t in zip(diag["estimator"], diag["term"])]
     report.write_table(results, out / "results")
-    diag.to_csv(out / "diagnosands.csv", index=False)
+    report.write_csv(diag, out / "diagnosands.csv")
     written: dict[str, Any] = {"results": out / "results.parquet",
                                "diagnosands": out / "diagnosands.csv", "chunks": chunks}
     head = diag[diag["role"] == "headline"]
@@ -201,7 +201,7 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
         common = common[[r == "headline" for r in
                          (roles.get((e, t), "headline")
                           for e, t in zip(common["estimator"], common["term"]))]]
-        common.to_csv(out / "diagnosands_common.csv", index=False)
+        report.write_csv(common, out / "diagnosands_common.csv")
         written.update(failures=failures, diagnosands_common=common)
         ccols = [c for c in (*shown_axes, "outcome", "estimator", "n_draws", "bias",
                              "bias_mcse", "rmse", "coverage", "rejection") if c in common]

@@ -108,7 +108,7 @@ def run_placebo(cfg: DictConfig, draw: Any, out: Path) -> tuple[dict[str, Any], 
         ri_table = pd.DataFrame(ri_rows)
         distribution = pd.concat(dists, ignore_index=True)
         report.write_csv(ri_table, out / "placebo_randomization.csv")
-        distribution.to_parquet(out / "placebo_distribution.parquet", index=False)
+        report.write_parquet(distribution, out / "placebo_distribution.parquet")
         written.update(randomization=ri_table, distribution=distribution)
         sections.append(
             "## Fake pilots: randomization inference\n\nThe unit -> cohort assignment is "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from importlib import metadata
 from pathlib import Path
@@ -15,6 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+
+from .files import atomic, write_csv, write_parquet, write_text  # noqa: E402,F401
 
 PACKAGES = ("didlab", "numpy", "pandas", "scipy", "statsmodels", "linearmodels", "joblib",
             "hydra-core", "omegaconf", "seaborn", "dask", "distributed")
@@ -57,28 +58,18 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
 def write_table(frame: pd.DataFrame, stem: Path) -> None:
     """Write a results table as Parquet and CSV, each atomically (temporary name, then
     rename), so that a killed run never leaves a truncated table under the final name."""
-    for suffix, write in ((".parquet", lambda p: frame.to_parquet(p, index=False)),
-                          (".csv", lambda p: frame.to_csv(p, index=False))):
-        path = stem.with_suffix(suffix)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        write(tmp)
-        os.replace(tmp, path)
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Write a CSV atomically (temporary name, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_parquet(frame, stem.with_suffix(".parquet"))
+    write_csv(frame, stem.with_suffix(".csv"))
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Save atomically so that a killed run leaves no half-written PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic(path) as tmp:
+            fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from estimators.panel import OptionError, check_choice
 
-from . import report
+from . import CONF_DIR, report  # noqa: F401  (CONF_DIR: callers import it from here too)
+from .files import write_text
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 #: experiment kind -> (module in experiments/, function); each function takes
 #: (cfg, draw: SingleDraw, out) and returns (written, report sections)
@@ -124,7 +124,17 @@ def validate(cfg: DictConfig) -> list[tuple[DictConfig, dict[str, str]]]:
 
 def check_experiment(cfg: DictConfig) -> None:
     """Experiment options read only mid-run, checked before any output is written."""
+    from .montecarlo import Backend
+
     check_choice("experiment.kind", cfg.experiment.kind, EXPERIMENT_KINDS)
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise OptionError(f"seed={cfg.seed!r} must be an integer >= 0 (numpy seeds are "
+                          "non-negative)")
+    for key in ("n_reps", "chunk_size"):
+        value = cfg.experiment[key]
+        if value < 1:
+            raise OptionError(f"experiment.{key}={value} must be >= 1")
+    Backend.of(cfg.backend)
     if cfg.experiment.kind == "sensitivity":
         from .sensitivity_run import check_options
 
@@ -165,7 +175,10 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[st
     try:
         result = _run(cfg, out)
     except BaseException as exc:
-        (out / "FAILED").write_text(f"{type(exc).__name__}: {exc}\n")
+        try:  # say why; on a full or read-only disk even this may fail
+            write_text(out / "FAILED", f"{type(exc).__name__}: {exc}\n")
+        except OSError:
+            pass
         raise
     return result
 
@@ -189,7 +202,7 @@ def runner(kind: str) -> Callable[..., tuple[dict[str, Any], list[str]]]:
 def _run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     from .single import draw_sections, single_draw
 
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     written: dict[str, Any] = {"config": out / "config.yaml"}
     sections: list[str] = [f"# didlab — {cfg.experiment.name}\n"]
     draw = single_draw(cfg)
@@ -202,9 +215,8 @@ def _run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     sections.append("## Configuration\n\n```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```\n")
     versions = report.package_versions()
     sections.append("## Package versions\n\n" + "\n".join(f"- {k} {v}" for k, v in versions.items()) + "\n")
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(sections))
-    os.replace(tmp, out / "report.md")  # written last: its presence marks a complete run
+    # written last: its presence marks a complete run
+    write_text(out / "report.md", "\n".join(sections))
     written["report"] = out / "report.md"
     written["table"] = draw.table
     written["draw"] = draw

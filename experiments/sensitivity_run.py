@@ -82,8 +82,8 @@ def run_sensitivity(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[
                           f"e.g. estimator=[event_study]; kinds: {kinds}")
     table = pd.concat(sets, ignore_index=True)
     summ = pd.DataFrame(summary)
-    table.to_csv(out / "honest_sets.csv", index=False)
-    summ.to_csv(out / "sensitivity_summary.csv", index=False)
+    report.write_csv(table, out / "honest_sets.csv")
+    report.write_csv(summ, out / "sensitivity_summary.csv")
     sections = ["## Sensitivity to parallel-trend violations\n\nRambachan and Roth (2023) "
                 f"honest sets for the {'average post-period effect' if target == 'average' else f'effect at event time {target}'}. "
                 "Methods (column `method`): FLCI = optimal fixed-length interval "

@@ -105,34 +105,25 @@ def run_spec(panel: pd.DataFrame, spec: Spec) -> dict[str, Any]:
 
 def run_spec_curve(cfg: DictConfig, draw: Any, out: Path) -> tuple[dict[str, Any], list[str]]:
     """Estimate every specification on the fitted panel (``draw.panel``)."""
-    from joblib import Parallel, delayed
+    from joblib import Parallel, delayed, parallel_config
+
+    from .montecarlo import Backend, dask_client
 
     panel = draw.panel
     specs = specifications(cfg)
-    kind = cfg.backend.kind
-    n_jobs = 1 if kind == "sequential" else int(cfg.backend.n_jobs)
-    if kind == "dask":
-        from dask.distributed import Client, LocalCluster
-        from joblib import parallel_config
-
-        cluster = None if cfg.backend.address else LocalCluster(
-            n_workers=int(cfg.backend.n_workers), threads_per_worker=1, dashboard_address=None)
-        client = Client(cfg.backend.address or cluster)
-        try:
-            with parallel_config(backend="dask"):
-                rows = Parallel()(delayed(run_spec)(panel, s) for s in specs)
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+    backend = Backend.of(cfg.backend)
+    if backend.kind == "dask":
+        with dask_client(backend), parallel_config(backend="dask"):
+            rows = Parallel()(delayed(run_spec)(panel, s) for s in specs)
     else:
+        n_jobs = 1 if backend.kind == "sequential" else backend.n_jobs
         # a specification takes a millisecond: batch them so the pool's overhead is amortised
         rows = Parallel(n_jobs=n_jobs, backend="loky" if n_jobs != 1 else "sequential",
                         batch_size=max(1, len(specs) // (4 * max(1, abs(n_jobs)))))(
             delayed(run_spec)(panel, s) for s in specs)
     table = pd.DataFrame(rows)
     table.insert(0, "spec", np.arange(1, len(table) + 1))
-    table.to_csv(out / "spec_curve.csv", index=False)
+    report.write_csv(table, out / "spec_curve.csv")
     ok = table[table["error"] == ""]
     alpha = float(cfg.experiment.spec.alpha)
     summary = {
@@ -145,7 +136,7 @@ def run_spec_curve(cfg: DictConfig, draw: Any, out: Path) -> tuple[dict[str, Any
         "max_estimate": float(ok["estimate"].max()) if len(ok) else float("nan"),
     }
     summary_frame = pd.DataFrame([summary])
-    summary_frame.to_csv(out / "spec_curve_summary.csv", index=False)
+    report.write_csv(summary_frame, out / "spec_curve_summary.csv")
     written: dict[str, Any] = {"spec_curve": table, "summary": summary}
     sections = [
         f"## Specification curve: {len(table)} specifications\n\n"
