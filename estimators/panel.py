@@ -360,7 +360,7 @@ def drop_always_treated(panel: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     units = np.unique(panel.loc[mask, UNIT].to_numpy())
     first = panel[TIME].min()
     note = (f"{units.size} always-treated unit(s) (treated in or before the first period, "
-            f"{show(first)}) excluded: they have no untreated period (as R did and fixest)")
+            f"{show(first)}) excluded: they have no untreated period (as R's did and fixest do)")
     return panel.loc[~mask], note
 
 

@@ -91,10 +91,21 @@ class TimingPlacebo:
         out[D] = treatment_from_cohort(out[COHORT].to_numpy(), out[TIME].to_numpy())
         return out
 
-    def fit(self, panel: pd.DataFrame) -> Estimate:
-        check_panel(panel, (), ())
+    def check(self) -> None:
+        """Validate the options without data: at least one shift, each a whole number of
+        years >= 1."""
         if not self.shifts:
             raise OptionError("shifts must list at least one year")
+        bad = [k for k in self.shifts if not float(k).is_integer() or int(k) < 1]
+        if bad:
+            raise OptionError(f"shifts {list(self.shifts)}: {bad[0]} must be a whole number "
+                              "of years >= 1 (years before the real date)")
+        if callable(getattr(self.base, "check", None)):
+            self.base.check()
+
+    def fit(self, panel: pd.DataFrame) -> Estimate:
+        self.check()
+        check_panel(panel, (), ())
         rows = []
         for k in self.shifts:
             e = self.base.fit(self.placebo_panel(panel, int(k)))

@@ -41,6 +41,30 @@ def _one_line(exc: BaseException) -> str:
     return msg
 
 
+def _config_message(exc: BaseException) -> str:
+    """One line for a Hydra/OmegaConf composition error, saying what was wrong with which
+    override (Hydra's own text buries the reason in a chained exception or a search-path
+    dump)."""
+    text = _one_line(exc)
+    match = re.search(r"Could not (?:load|find) '([\w/]+)/([^']+)'", text)
+    if match:
+        group, option = match.groups()
+        folder = Path(CONF_DIR) / group
+        choices = sorted(f.stem for f in folder.glob("*.yaml")) if folder.is_dir() else []
+        close = difflib.get_close_matches(option, choices, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return f"{group}={option} is not an option of {group}; {hint}choices: {', '.join(choices)}"
+    match = re.match(r"Error merging override (\S+)", text)
+    if match and exc.__cause__ is not None:
+        reason = str(exc.__cause__).strip().splitlines()[0]
+        return f"{match.group(1)}: {reason}"
+    if "LexerNoViableAltException" in text or "mismatched input" in text:
+        bad = text.split(":", 1)[-1].split("^", 1)[0].strip()
+        return (f"{bad} could not be read as an override: quote values with spaces or "
+                "operators, e.g. 'data.filter=\"year >= 2005\"'")
+    return text
+
+
 def fail(message: str) -> None:
     print(f"didlab: error: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -122,8 +146,14 @@ def _precheck(argv: list[str]) -> None:
 
                 check_scheduler(str(cfg.backend.address))
             if cfg.data.kind not in SIMULATED:
-                load_panel(file_spec(cfg))  # a bad file fails here, before any output
-    except (HydraException, OmegaConfBaseException, DidlabError) as exc:
+                panel, _ = load_panel(file_spec(cfg))  # a bad file fails here, before any output
+                if cfg.experiment.kind == "spec_curve":
+                    from .spec_curve import check_columns, specifications
+
+                    check_columns(specifications(cfg), panel)
+    except (HydraException, OmegaConfBaseException) as exc:
+        fail(_config_message(exc))
+    except DidlabError as exc:
         fail(_one_line(exc))
 
 
@@ -261,6 +291,9 @@ def main() -> None:
             from .collect import main as collect_main
 
             raise SystemExit(collect_main(argv[1:]))
+        from .run import normalize_overrides
+
+        sys.argv[1:] = argv = normalize_overrides(argv)
         _precheck(argv)
         try:
             _app()

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from estimators.panel import DidlabError, OptionError
 from estimators.placebo import LeaveOneOut, RandomizationInference, TimingPlacebo
+from estimators.twfe import TWFE
 
 from . import report
 from .build import EXACT, build_estimator
@@ -27,6 +28,16 @@ def check_options(cfg: DictConfig) -> None:
         if label not in cfg.estimator:
             raise OptionError(f"experiment.placebo.base lists {label!r}, which is not a configured "
                               f"estimator; configured: {list(cfg.estimator)}")
+    # the tests' own options, checked once on a stand-in base: a bad value must stop the
+    # run here, not be reported as "this test does not apply to the panel"
+    base = TWFE("y")
+    try:
+        TimingPlacebo(base, shifts=tuple(pc.shifts)).check()
+        RandomizationInference(base, n_perm=int(pc.n_perm), statistic=str(pc.statistic),
+                               exact=EXACT[str(pc.exact).lower()],
+                               max_exact=int(pc.max_exact)).check()
+    except OptionError as exc:
+        raise OptionError(f"experiment.placebo: {exc}") from None
 
 
 def run_placebo(cfg: DictConfig, draw: Any, out: Path) -> tuple[dict[str, Any], list[str]]:

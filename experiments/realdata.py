@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from estimators.panel import (COHORT, D, TIME, UNIT, OptionError, PanelError, check_choice,
-                              safe_log, treatment_from_cohort, validate_panel)
+                              safe_log, show, treatment_from_cohort, validate_panel)
 
 FORMATS = ("csv", "parquet", "dta")
 EXTENSIONS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet", ".dta": "dta"}
@@ -184,6 +184,15 @@ def load_panel(spec: FileSpec) -> tuple[pd.DataFrame, list[str]]:
     if not np.all(t == np.round(t)):
         raise PanelError(f"column {spec.time!r} (time) must hold integer years")
     df[TIME] = t.astype(np.int64)
+    if (df[TIME] <= 0).any():
+        # cohort 0 means "never treated" in the data contract, so a year 0 (or a negative
+        # one) would read as "treatment switches off" further down
+        raise PanelError(f"column {spec.time!r} (time) holds {int(df[TIME].min())}: years must "
+                         "be positive (cohort 0 codes never treated): relabel them in the file, "
+                         "e.g. add 2000")
+    if df[TIME].nunique() < 2:
+        raise PanelError(f"column {spec.time!r} (time) has one period ({int(df[TIME].iloc[0])}): "
+                         "a difference-in-differences needs at least two")
     dup = df.duplicated([UNIT, TIME], keep=False)
     if dup.any():
         r = df.loc[dup, [UNIT, TIME]].iloc[0]
@@ -210,9 +219,9 @@ def load_panel(spec: FileSpec) -> tuple[pd.DataFrame, list[str]]:
         implied = treatment_from_cohort(df[COHORT].to_numpy(), df[TIME].to_numpy())
         off = implied != d.to_numpy()
         if off.any():
-            r = df.loc[off].iloc[0]
-            raise PanelError(f"treatment switches off: unit {r[UNIT]!r} has {spec.treatment}=0 in "
-                             f"{r[TIME]} after being treated; didlab supports absorbing treatment only")
+            unit, year = df.loc[off, UNIT].iloc[0], int(df.loc[off, TIME].iloc[0])
+            raise PanelError(f"treatment switches off: unit {show(unit)} has {spec.treatment}=0 in "
+                             f"{year} after being treated; didlab supports absorbing treatment only")
     elif spec.cohort is not None:
         c = pd.to_numeric(df[spec.cohort], errors="coerce").fillna(0)
         if (c < 0).any() or not np.all(c == np.round(c)):
@@ -232,6 +241,11 @@ def load_panel(spec: FileSpec) -> tuple[pd.DataFrame, list[str]]:
         if unknown:
             raise PanelError(f"data.treated_units lists {unknown[0]!r}, which is not a unit of the "
                              f"data; units look like {sorted(units)[:5]}")
+        first, last = int(df[TIME].min()), int(df[TIME].max())
+        if not first < int(spec.treatment_year) <= last:
+            raise PanelError(f"data.treatment_year={spec.treatment_year} must lie after the "
+                             f"first year ({first}) and no later than the last ({last}) of the "
+                             "data: the treated units need years before and after it")
         df[COHORT] = np.where(names.isin(wanted), int(spec.treatment_year), 0)
     df[D] = treatment_from_cohort(df[COHORT].to_numpy(), df[TIME].to_numpy())
 
@@ -246,7 +260,10 @@ def load_panel(spec: FileSpec) -> tuple[pd.DataFrame, list[str]]:
                      + ", ".join(f"{k} {v:.3f}" for k, v in weights.items()))
     if spec.filter:
         try:
-            kept = df.query(spec.filter)
+            # the file's own names for unit and time work as well as `unit` and `time`
+            own = {name: df[col] for name, col in ((spec.unit, UNIT), (spec.time, TIME))
+                   if name not in df.columns}
+            kept = df.query(spec.filter, resolvers=(own,) if own else None)
         except Exception as exc:  # pandas raises many types for a bad query
             raise PanelError(f"data.filter={spec.filter!r} cannot be applied: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from estimators.panel import OptionError, check_choice
+from estimators.panel import EstimationError, OptionError, check_choice
 
 from . import CONF_DIR, report  # noqa: F401  (CONF_DIR: callers import it from here too)
 from .files import write_text
@@ -40,6 +40,17 @@ FILE_ONLY = ("calibrate",)
 SIMULATOR_ONLY = ("montecarlo",)
 
 
+def normalize_overrides(overrides: list[str]) -> list[str]:
+    """Spell overrides the way Hydra must see them.
+
+    ``experiment.grid={effect:[zero]}`` names a grid axis the experiment's own grid may not
+    have; Hydra merges a dict override into the existing dict and refuses a new key, so the
+    override is passed as ``++experiment.grid=...`` (add or override). The grid it gives
+    then replaces the experiment's grid in :func:`experiments.montecarlo_run.cells`.
+    """
+    return [f"++{o}" if o.startswith("experiment.grid=") else o for o in overrides]
+
+
 def compose(overrides: list[str]) -> DictConfig:
     """Compose the didlab config with overrides (inside or outside a running Hydra app).
 
@@ -53,6 +64,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from .schema import register
 
     register()
+    overrides = normalize_overrides(list(overrides))
     if GlobalHydra.instance().is_initialized():
         cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
     else:
@@ -135,6 +147,9 @@ def check_experiment(cfg: DictConfig) -> None:
         if value < 1:
             raise OptionError(f"experiment.{key}={value} must be >= 1")
     Backend.of(cfg.backend)
+    if not str(cfg.experiment.store).strip():
+        raise OptionError("experiment.store is empty: give the folder where Monte Carlo "
+                          "chunks are kept (default outputs/store)")
     if cfg.experiment.kind == "sensitivity":
         from .sensitivity_run import check_options
 
@@ -206,6 +221,12 @@ def _run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     written: dict[str, Any] = {"config": out / "config.yaml"}
     sections: list[str] = [f"# didlab — {cfg.experiment.name}\n"]
     draw = single_draw(cfg)
+    if (draw.fits and cfg.experiment.kind in ("single", "estimate")
+            and all(f.estimate is None for f in draw.fits.values())):
+        # nothing to report: a table of errors must not look like a complete run
+        first = next(iter(draw.fits.values()))
+        raise EstimationError(f"no estimator produced an estimate on this panel; "
+                              f"{first.label} on {first.outcome}: {first.error}")
     more, text = draw_sections(cfg, draw, out)
     written.update(more)
     sections.extend(text)

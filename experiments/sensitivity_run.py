@@ -77,6 +77,10 @@ def run_sensitivity(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[
         except DidlabError as exc:
             summary.append({"outcome": outcome, "estimator": label, "note": str(exc)})
     if not sets:
+        notes = [row["note"] for row in summary if row.get("note")]
+        if notes:  # event-time fits were there: say why none gave a set (not a wrong cause)
+            raise DidlabError("no honest set could be computed: " + notes[0].splitlines()[0]
+                              + (f" (and {len(notes) - 1} more)" if len(notes) > 1 else ""))
         kinds = [e.kind for e in catalog.entries() if e.capabilities.event_time]
         raise DidlabError("experiment=sensitivity needs an event-time estimator with pre-periods, "
                           f"e.g. estimator=[event_study]; kinds: {kinds}")

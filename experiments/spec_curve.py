@@ -4,6 +4,7 @@ specification-curve figure."""
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,23 @@ def specifications(cfg: DictConfig) -> list[Spec]:
     return out
 
 
+def check_columns(specs: list[Spec], panel: pd.DataFrame) -> None:
+    """Refuse a specification naming a column the panel lacks (a misspelt cluster or control
+    column made every specification fail and the run still exit 0)."""
+    columns = set(panel.columns)
+    for spec in specs:
+        needed = [("outcomes", spec.outcome), ("cluster", spec.cluster)]
+        needed += [(f"controls.{spec.controls}", c) for c in spec.control_columns]
+        if spec.time_effects != "year":
+            needed.append(("time_effects", spec.time_effects))
+        for key, column in needed:
+            if column not in columns:
+                close = difflib.get_close_matches(column, sorted(map(str, columns)), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise OptionError(f"experiment.spec.{key} names {column!r}, which is not a "
+                                  f"column of the panel{hint}")
+
+
 def spec_panel(panel: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     """The panel a specification uses: its sample restriction and treatment date."""
     data = panel
@@ -111,6 +129,7 @@ def run_spec_curve(cfg: DictConfig, draw: Any, out: Path) -> tuple[dict[str, Any
 
     panel = draw.panel
     specs = specifications(cfg)
+    check_columns(specs, panel)
     backend = Backend.of(cfg.backend)
     if backend.kind == "dask":
         with dask_client(backend), parallel_config(backend="dask"):
@@ -122,6 +141,9 @@ def run_spec_curve(cfg: DictConfig, draw: Any, out: Path) -> tuple[dict[str, Any
                         batch_size=max(1, len(specs) // (4 * max(1, abs(n_jobs)))))(
             delayed(run_spec)(panel, s) for s in specs)
     table = pd.DataFrame(rows)
+    if (table["error"] != "").all():
+        raise DidlabError(f"none of the {len(table)} specifications could be estimated; the "
+                          f"first: {table['error'].iloc[0]}")
     table.insert(0, "spec", np.arange(1, len(table) + 1))
     report.write_csv(table, out / "spec_curve.csv")
     ok = table[table["error"] == ""]

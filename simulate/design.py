@@ -82,6 +82,10 @@ class Effect:
     het_cohort: float = 0.0
 
     def validate(self) -> None:
+        for name in ("att", "slope", "het_sd", "het_pgdp", "het_cohort"):
+            value = getattr(self, name)
+            if not np.isfinite(value):
+                raise OptionError(f"effect.{name}={value} must be a finite number")
         check_choice("effect.dynamics", self.dynamics, DYNAMICS)
         if self.ramp_years < 1:
             raise OptionError(f"effect.ramp_years={self.ramp_years} must be >= 1")

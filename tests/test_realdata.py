@@ -138,7 +138,7 @@ CASES = {
                                      "data.treated_units=[]"], "(treatment) must be 0 or 1"),
     "cohort varies within unit": (lambda p: [f"data.path={write(p, cohort_varies(example()))}", "data.cohort=first",
                                              "data.treated_units=[]"], "varies within unit 'Beijing'"),
-    "no post period": (lambda p: ["data.treatment_year=2030"], "no treated observation"),
+    "no post period": (lambda p: ["data.treatment_year=2030"], "data.treatment_year=2030 must lie after the first year"),
     "no control unit": (lambda p: [all_units()], "no control unit"),
     "header only": (_edit(header_only), "has no rows"),
 }
