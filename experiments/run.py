@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from estimators.panel import EstimationError, OptionError, check_choice
@@ -127,7 +128,9 @@ def validate(cfg: DictConfig) -> list[tuple[DictConfig, dict[str, str]]]:
     runs = cells(cfg) if kind in SIMULATOR_ONLY else [(cfg, {})]
     for c, _ in runs:
         if c.data.kind in SIMULATED:
-            build_draw(c)
+            # one trial draw (milliseconds): a design that cannot be drawn (a treatment year
+            # outside the panel's years) stops here, not after the run folder exists
+            build_draw(c)(np.random.default_rng(int(c.seed)))
         else:
             file_spec(c)
         build_estimators(c, list(c.experiment.outcomes))
