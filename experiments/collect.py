@@ -32,9 +32,13 @@ def collect(sweep_dir: str | Path) -> dict[str, Any]:
     if not root.is_dir():
         raise DidlabError(f"sweep folder {str(root)!r} does not exist")
     files = sorted(root.rglob("diagnosands.csv"))
+    missing = unfinished_jobs(root)
     if not files:
+        why = (f"; {len(missing)} job(s) did not finish, e.g. {missing[0][0]}: {missing[0][1]}"
+               if missing else "")
         raise DidlabError(f"no job folder with diagnosands.csv under {str(root)!r}; "
-                          "collect works on Monte Carlo sweeps (experiment=robustness, size, power)")
+                          "collect works on Monte Carlo sweeps (experiment=robustness, size, "
+                          f"power){why}")
     frames = []
     for f in files:
         d = pd.read_csv(f)
@@ -48,14 +52,37 @@ def collect(sweep_dir: str | Path) -> dict[str, Any]:
         outcome0 = table["outcome"].iloc[0]
         figures = report.diagnosand_figures(table, axes, root / "figures", outcome=outcome0)
     head = table[table["role"] == "headline"] if "role" in table else table
-    cols = [c for c in (*axes, "outcome", "estimator", "term", "n_draws", "bias", "bias_mcse",
+    cols = [c for c in ("job", *axes, "outcome", "estimator", "term", "n_draws", "bias", "bias_mcse",
                         "rmse", "se_sd_ratio", "coverage", "rejection", "rejection_is")
             if c in head]
-    body = [f"# didlab sweep: {len(files)} jobs\n", report.markdown_table(head[cols]), ""]
+    total = len(files) + len(missing)
+    body = [f"# didlab sweep: {len(files)} of {total} jobs\n"]
+    if missing:
+        body += ["## Jobs that did not finish (not in the table)\n",
+                 report.markdown_table(pd.DataFrame(missing, columns=["job", "reason"])), ""]
+    body += [report.markdown_table(head[cols]), ""]
     body += [f"![{p.stem}](figures/{p.name})" for p in figures]
     write_text(root / "report.md", "\n".join(body) + "\n")
-    print(f"combined {len(files)} jobs -> {root / 'diagnosands_all.csv'}")
-    return {"table": table, "figures": figures}
+    print(f"combined {len(files)} of {total} jobs -> {root / 'diagnosands_all.csv'}")
+    for job, reason in missing:
+        print(f"didlab: warning: job {job} did not finish and is not in the table: {reason}",
+              file=sys.stderr)
+    return {"table": table, "figures": figures, "missing": missing}
+
+
+def unfinished_jobs(root: Path) -> list[tuple[str, str]]:
+    """Job folders of the sweep (those Hydra gave a ``.hydra`` folder) without
+    ``diagnosands.csv``, each with the reason from its ``FAILED`` file."""
+    out = []
+    for hydra_dir in sorted(root.rglob(".hydra")):
+        job = hydra_dir.parent
+        if job == root or (job / "diagnosands.csv").exists():
+            continue
+        failed = job / "FAILED"
+        reason = (failed.read_text().strip().splitlines() or ["failed"])[0] if failed.exists() \
+            else "no diagnosands.csv (stopped, or not a Monte Carlo experiment)"
+        out.append((str(job.relative_to(root)), reason))
+    return out
 
 
 def main(argv: list[str]) -> int:

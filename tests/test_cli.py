@@ -170,3 +170,25 @@ def test_stopped_run_leaves_no_worker_and_writes_no_chunk(tmp_path, signame):
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("didlab: terminated"), err
         assert (tmp_path / "run" / "FAILED").exists()
+
+
+def test_collect_names_the_jobs_that_did_not_finish(tmp_path, capsys):
+    """A sweep with one failed job: the table has the other, the report and stderr say
+    which job failed and why (it was silently combined as 1 of 1 before)."""
+    import pandas as pd
+
+    from experiments.collect import collect
+
+    ok, bad = tmp_path / "timing=notice_2011", tmp_path / "timing=market_open"
+    for job in (ok, bad):
+        (job / ".hydra").mkdir(parents=True)
+    pd.DataFrame({"timing": ["notice_2011"], "outcome": ["lnce"], "estimator": ["twfe"],
+                  "term": ["ATT"], "role": ["headline"], "n_draws": [4], "bias": [0.01],
+                  "coverage": [0.95]}).to_csv(ok / "diagnosands.csv", index=False)
+    (bad / "FAILED").write_text("EstimationError: no treated observation\n")
+    out = collect(tmp_path)
+    assert out["missing"] == [("timing=market_open", "EstimationError: no treated observation")]
+    report = (tmp_path / "report.md").read_text()
+    assert "1 of 2 jobs" in report and "timing=market_open" in report
+    assert "| job |" in report
+    assert "job timing=market_open did not finish" in capsys.readouterr().err
