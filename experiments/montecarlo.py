@@ -63,7 +63,10 @@ def needs_rng(estimator: Any) -> bool:
     from estimators import catalog
 
     try:
-        return catalog.capabilities(estimator).needs_rng
+        # uses_rng(): an inference option that draws (dist="wild") on an estimator that
+        # otherwise needs no generator
+        return (catalog.capabilities(estimator).needs_rng
+                or bool(getattr(estimator, "uses_rng", lambda: False)()))
     except DidlabError:
         try:
             return "rng" in inspect.signature(estimator.fit).parameters
