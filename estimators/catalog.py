@@ -292,6 +292,10 @@ def _register_all() -> None:
     register("oaxaca", OaxacaBlinder, C(needs_rng=True, decomposition=True, truth=False))
     register("quantile_did", QuantileDID, C(needs_rng=True, quantiles=True, truth=False))
     register("changes_in_changes", ChangesInChanges, C(needs_rng=True, quantiles=True))
+    from .did2s import TwoStageDID
+    from .stacked import StackedDID
+    register("stacked", StackedDID, C(event_time=True))
+    register("did2s", TwoStageDID, C(event_time=True))
 
 
 def is_sequence_type(tp: Any) -> bool:
