@@ -141,6 +141,7 @@ def check_panel(
     *,
     require_treatment: bool = True,
     require_controls: bool = True,
+    absorbing: bool = True,
 ) -> tuple[PanelInfo, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Check a panel against the data contract and describe it.
 
@@ -153,6 +154,11 @@ def check_panel(
     require_treatment, require_controls
         Demand at least one treated unit / at least one never-treated or not-yet-treated
         comparison unit.
+    absorbing
+        Demand that treatment never switches off (``d == 1`` exactly from ``cohort`` on).
+        ``False`` is for estimators of non-absorbing designs (``estimators.dcdh``): ``d``
+        may switch off and on again, and ``cohort`` must be the first period with
+        ``d == 1`` (0 if never treated).
 
     Returns
     -------
@@ -255,8 +261,15 @@ def check_panel(
     if varies.any():
         u = unit_raw[varies][0]
         raise PanelError(f"unit {show(u)} has more than one {COHORT!r} value; a cohort is per unit")
+    if not absorbing:  # switching off allowed: cohort is still the first treated period
+        first = np.full(n_units, np.inf)
+        np.minimum.at(first, unit[d == 1], time[d == 1])
+        bad = np.where(np.isfinite(first), first, 0)[unit] != cohort
+        if bad.any():
+            raise PanelError(f"{COHORT!r} must be each unit's first period with {D!r} = 1 "
+                             f"(0 if never treated){_where(panel, bad)}")
     expected = (cohort > 0) & (time >= cohort)
-    bad = expected != (d == 1)
+    bad = (expected != (d == 1)) if absorbing else np.zeros(0, dtype=bool)
     if bad.any():
         raise PanelError(
             f"{int(bad.sum())} row(s) have {D!r} inconsistent with {COHORT!r} "
