@@ -143,10 +143,13 @@ def test_not_yet_treated_without_never_treated_units(stag):
 
 def test_singular_pretest_is_explained(stag):
     treated_only = stag[stag["cohort"] > 0]
-    est = CallawaySantAnna("lnce", control_group="notyettreated").fit(treated_only)
-    assert "pretrend_p" not in est.diagnostics
+    wald = CallawaySantAnna("lnce", control_group="notyettreated", pretest="wald")
+    est = wald.fit(treated_only)
+    assert "pretrend_p" not in est.diagnostics and "pretrend_wald_p" not in est.diagnostics
     assert any("pre-test of parallel trends not computed" in n and "singular" in n
                for n in est.notes)
+    # the max-|t| test needs no inverse: it is there
+    assert "pretrend_sidak_p" in est.diagnostics
 
 
 # --- 7. values as the user wrote them ---------------------------------------------------------
@@ -277,14 +280,36 @@ def test_mpdta_universal_base_period_matches_r_did(mpdta):
     # att_gt(..., base_period = "universal", bstrap = FALSE): 15 cells, the base cells 0;
     # pre-test W = 7.791236627, df 5, p = 0.1681224949 (the same with "varying", 12 cells)
     for base, n_cells in (("universal", 15), ("varying", 12)):
-        e = CallawaySantAnna("lemp", base_period=base).fit(mpdta)
+        e = CallawaySantAnna("lemp", base_period=base, pretest="wald").fit(mpdta)
         assert (e.terms["aggregation"] == "group_time").sum() == n_cells
         assert e.diagnostics["pretrend_df1"] == 5
         assert e.diagnostics["pretrend_chi2"] == pytest.approx(7.791236627, rel=1e-7)
         assert e.diagnostics["pretrend_p"] == pytest.approx(0.1681224949, rel=1e-6)
+        assert e.diagnostics["pretrend_wald_p"] == e.diagnostics["pretrend_p"]
     t = CallawaySantAnna("lemp", base_period="universal").fit(mpdta).terms.set_index("term")
     assert t.loc["group_time:2007:2004", "estimate"] == pytest.approx(0.033813012276, abs=1e-9)
     assert t.loc["group_time:2006:2005", "estimate"] == 0
+
+
+def test_cs_sidak_pretest_is_the_adjusted_max_t_over_pre_cells(mpdta):
+    """pretest="sidak" (default): p = 1 - (1 - p_min)^q over the q pre-period ATT(g,t),
+    p_min the smallest two-sided p-value of the cells with the small-cohort correction; the
+    Wald test (R did's Wpval) stays in the diagnostics."""
+    from scipy import stats
+
+    e = CallawaySantAnna("lemp").fit(mpdta)
+    cells = e.terms[e.terms["aggregation"] == "group_time"]
+    g, t = (cells["level"].str.split(":", expand=True).astype(int)[i] for i in (0, 1))
+    pre = cells[(t < g).to_numpy()]
+    assert len(pre) == e.diagnostics["pretrend_df1"] == 5
+    # each cell: t * sqrt((n_g - 1) / n_g) against t(n_g - 1), n_g the cohort's units
+    n_g = mpdta.groupby("cohort")["unit"].nunique().reindex(g[(t < g).to_numpy()]).to_numpy()
+    tt = np.abs(pre["estimate"] / pre["std_error"]).to_numpy() * np.sqrt((n_g - 1) / n_g)
+    p_min = (2 * stats.t.sf(tt, n_g - 1)).min()
+    assert e.diagnostics["pretrend_p"] == pytest.approx(1 - (1 - p_min) ** 5, rel=1e-10)
+    assert e.diagnostics["pretrend_sidak_p"] == e.diagnostics["pretrend_p"]
+    assert e.diagnostics["pretrend_wald_p"] == pytest.approx(0.1681224949, rel=1e-6)  # R did
+
 
 
 def test_mpdta_not_yet_treated_without_never_treated_matches_r_did(mpdta):
