@@ -17,6 +17,7 @@ to fixest fitted with their weights on R did's ``mpdta``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -37,6 +38,48 @@ CONTROL_GROUPS = ("notyettreated", "nevertreated")
 WEIGHTINGS = ("corrective", "none")
 #: covariance conventions the stacked regression supports (those of :func:`fit_fe`)
 SE_TYPES = ("cluster", "robust", "conventional")
+
+
+@dataclass(frozen=True)
+class _StackArrays(FEArrays):
+    """:class:`~estimators.design.FEArrays` of the stacked regression, whose two-way
+    within transform (unit-by-stack and period-by-stack effects, weighted) is solved
+    exactly by eliminating the unit block.
+
+    The unit block of the normal equations is diagonal, and there are few period-by-stack
+    cells, so the residual of ``z`` on both sets of dummies is ``z - a[unit] - c[cell]``
+    with ``c`` from a cells-square Schur complement (the first cell of each stack set to 0:
+    the unit-by-stack dummies span one cell per stack) and ``a`` the weighted unit means of
+    ``z - c[cell]``. No dense dummy matrix, no iteration; the generic path
+    (:func:`~estimators.fe.within_general`) gives the same residuals and a test pins the
+    two together.
+    """
+
+    #: cells whose effect is set to 0 (the first of each stack: the unit-by-stack effects
+    #: span one cell per stack), so that the Schur complement is nonsingular
+    base_cells: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.intp))
+
+    def within(self) -> tuple[np.ndarray, np.ndarray]:
+        z = np.column_stack([self.y, self.x])
+        n_u, n_c = self.n_units, self.n_periods
+        w = np.ones(z.shape[0]) if self.weights is None else self.weights
+        free = np.ones(n_c, dtype=bool)
+        free[self.base_cells] = False
+        wu = np.bincount(self.unit, weights=w, minlength=n_u)
+        wc = np.bincount(self.time, weights=w, minlength=n_c)[free]
+        cross = np.bincount(self.time * n_u + self.unit, weights=w,
+                            minlength=n_c * n_u).reshape(n_c, n_u)[free]    # C'WD
+        schur = np.diag(wc) - cross @ (cross.T / wu[:, None])
+        wz = z * w[:, None]
+        dz = np.column_stack([np.bincount(self.unit, weights=wz[:, j], minlength=n_u)
+                              for j in range(z.shape[1])])
+        cz = np.column_stack([np.bincount(self.time, weights=wz[:, j], minlength=n_c)
+                              for j in range(z.shape[1])])[free]
+        c = np.zeros((n_c, z.shape[1]))
+        c[free] = np.linalg.solve(schur, cz - cross @ (dz / wu[:, None]))
+        a = (dz - cross.T @ c[free]) / wu[:, None]
+        zt = z - a[self.unit] - c[self.time]
+        return zt[:, 0], zt[:, 1:]
 
 
 @dataclass(frozen=True)
@@ -243,8 +286,12 @@ class StackedDID(InferenceOptions):
         cols += [arrays[c][rows] for c in controls]
         x = np.column_stack(cols)
         y = arrays[self.outcome][rows]
-        fe = FEArrays(y, x, tuple(names) + controls, ucode, tcode, n_su, n_cells, False,
-                      clusters, n_clusters, w, n_stacks)
+        # the first cell of each stack is the base (cells are numbered stack by stack)
+        cell_stack = np.empty(n_cells, dtype=np.intp)
+        cell_stack[tcode] = stack
+        first = np.r_[True, cell_stack[1:] != cell_stack[:-1]]
+        fe = _StackArrays(y, x, tuple(names) + controls, ucode, tcode, n_su, n_cells, False,
+                          clusters, n_clusters, w, n_stacks, base_cells=np.flatnonzero(first))
         res = fit_fe(fe, self.se, self.ssc, self.dist)
         keep_ev = res.fit.keep[:len(events)]
         post_names = [n for k, n, ok in zip(events, names, keep_ev) if k >= 0 and ok]
