@@ -296,6 +296,8 @@ def _register_all() -> None:
     from .stacked import StackedDID
     register("stacked", StackedDID, C(event_time=True))
     register("did2s", TwoStageDID, C(event_time=True))
+    from .dcdh import DCDH
+    register("dcdh", DCDH, C(event_time=True))
 
 
 def is_sequence_type(tp: Any) -> bool:
