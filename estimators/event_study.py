@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
@@ -11,8 +11,8 @@ from scipy import special
 
 from .design import event_time, fe_arrays
 from .panel import excluding_always_treated, EstimationError, OptionError, check_panel
-from .result import Estimate, critical_value, p_value
-from .regression import InferenceOptions, fit_fe
+from .result import Estimate
+from .regression import ALL_SE, CR2_DISTS, InferenceOptions, fit_fe
 
 
 def event_dummies(
@@ -66,9 +66,13 @@ class EventStudy(InferenceOptions):
     weights
         Optional column of observation weights (e.g. population): weighted least squares,
         as fixest's ``weights =``; the estimand weights effects alike.
-    cluster, se, ssc, dist, alpha
+    cluster, se, ssc, dist, alpha, wild_type, wild_weights, wild_draws
         Inference, keyword only (:class:`~estimators.regression.InferenceOptions`, as in
-        :class:`estimators.twfe.TWFE`).
+        :class:`estimators.twfe.TWFE`). The event study offers CR2 with Bell-McCaffrey or
+        Imbens-Kolesar degrees of freedom (per term and for the headline) and the wild
+        cluster bootstrap of the headline (``dist="wild"``, drawing from ``rng``; the
+        event-time rows stay analytic). The few-treated intervals (Conley-Taber,
+        Ferman-Pinto) apply to TWFE's single coefficient only.
 
     Notes
     -----
@@ -89,9 +93,12 @@ class EventStudy(InferenceOptions):
     weights: str | None = None
     label: str = "event_study"
 
+    SE_CHOICES: ClassVar[tuple[str, ...]] = ALL_SE
+    DIST_CHOICES: ClassVar[tuple[str, ...]] = ("t", "normal", *CR2_DISTS, "wild")
+
     def check(self) -> None:
         """Validate every option (see :mod:`estimators.catalog`)."""
-        self.check_inference()
+        self.check_inference(weights=self.weights)
         for name, v in (("leads", self.leads), ("lags", self.lags)):
             if v is not None and (not isinstance(v, (int, np.integer)) or v < 0):
                 raise OptionError(f"{name}={v!r} must be a non-negative integer or None")
@@ -138,7 +145,8 @@ class EventStudy(InferenceOptions):
 
     @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
-        """Estimate the event study on ``panel``; ``rng`` is not used."""
+        """Estimate the event study on ``panel``; ``rng`` draws the wild bootstrap's weights
+        (``dist="wild"``) and is not used otherwise."""
         self.check()
         cluster = self.cluster_column
         _, unit, time, arrays = check_panel(panel, (self.outcome,), tuple(self.controls))
@@ -178,10 +186,9 @@ class EventStudy(InferenceOptions):
         coef = res.fit.coef
         w = np.zeros(len(ids))
         w[[ids.index(n) for n in post]] = 1.0 / len(post)
-        est = float(w @ coef)
-        se = float(np.sqrt(w @ res.cov @ w))
-        crit = critical_value(self.alpha, res.df)
-        diagnostics: dict[str, float] = {"n_pre_terms": float(len(pre))}
+        inf = self.contrast_inference(res, w, rng=rng)
+        notes.extend(inf.notes)
+        diagnostics: dict[str, float] = {"n_pre_terms": float(len(pre)), **inf.diagnostics}
         if pre:
             idx = [ids.index(n) for n in pre]
             b = coef[idx]
@@ -201,16 +208,16 @@ class EventStudy(InferenceOptions):
         return Estimate(
             estimator=self.label,
             term="ATT_post",
-            estimate=est,
-            std_error=se,
-            p_value=float(p_value(est / se, res.df)) if se > 0 else float("nan"),
-            conf_low=est - crit * se,
-            conf_high=est + crit * se,
+            estimate=inf.estimate,
+            std_error=inf.std_error,
+            p_value=inf.p_value if inf.std_error > 0 else float("nan"),
+            conf_low=inf.conf_low,
+            conf_high=inf.conf_high,
             alpha=self.alpha,
             n_obs=res.dof.n_obs,
             n_units=res.dof.n_units,
             n_clusters=res.dof.n_clusters,
-            inference=self.describe_inference(res.df),
+            inference=inf.inference,
             terms=terms,
             diagnostics=diagnostics,
             notes=tuple(notes),

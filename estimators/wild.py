@@ -84,9 +84,9 @@ def _cluster_sum(values: np.ndarray, clusters: np.ndarray, n_clusters: int) -> n
     """Sum rows of ``values`` ``(N,)`` or ``(N, m)`` within clusters."""
     if values.ndim == 1:
         return np.bincount(clusters, weights=values, minlength=n_clusters)
-    out = np.zeros((n_clusters, values.shape[1]))
-    np.add.at(out, clusters, values)
-    return out
+    onehot = np.zeros((values.shape[0], n_clusters))
+    onehot[np.arange(values.shape[0]), clusters] = 1.0
+    return onehot.T @ values
 
 
 def _score_map(u: np.ndarray, xt: np.ndarray, bread: np.ndarray, xb: np.ndarray,
@@ -150,7 +150,7 @@ class WildBootstrap:
             inner, outer = outer, self.estimate + 2 * (outer - self.estimate)
         else:  # pragma: no cover - p-value never falls below alpha (unbounded interval)
             return side * np.inf
-        tol = 1e-10 * step
+        tol = 1e-8 * step  # the interval to 1e-8 of a standard error
         root = optimize.brentq(f, min(inner, outer), max(inner, outer), xtol=tol)
         return float(root)
 
