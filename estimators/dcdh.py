@@ -24,7 +24,7 @@ dropped for that baseline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -193,7 +193,7 @@ def build_design(panel: pd.DataFrame, outcome: str, weights: str | None = None,
         if not np.array_equal(unit_cl[unit], codes):
             raise PanelError(f"cluster column {cluster!r} must be constant within each unit "
                              "(units nest in clusters)")
-        cl, n_cl = np.unique(unit_cl[sel], return_inverse=True)[1], 0
+        cl = np.unique(unit_cl[sel], return_inverse=True)[1]
         n_cl = int(cl.max()) + 1
         clustered = True
     return _Design(y=y, d=d, n=n, y_rows=rows, d_sq=d_sq, f=f, t_g=t_g, s=s,
