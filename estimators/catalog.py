@@ -290,7 +290,7 @@ def _register_all() -> None:
     register("mediation", Mediation, C(needs_rng=True))
     register("heterogeneity", Heterogeneity, C(subgroups=True))
     register("oaxaca", OaxacaBlinder, C(needs_rng=True, decomposition=True, truth=False))
-    register("quantile_did", QuantileDID, C(needs_rng=True, quantiles=True, truth=False))
+    register("quantile_did", QuantileDID, C(needs_rng=True, quantiles=True))
     register("changes_in_changes", ChangesInChanges, C(needs_rng=True, quantiles=True))
     from .did2s import TwoStageDID
     from .stacked import StackedDID

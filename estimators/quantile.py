@@ -114,6 +114,24 @@ class QuantileDID:
         x[np.flatnonzero(m), off + time[m] - 1] = 1.0
         return panel[self.outcome].to_numpy(float), x
 
+    @excluding_always_treated
+    def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
+        """The quantity the studies read ``tau(q)`` as: the treated cells' quantile
+        treatment effects, ``Q_q(y | d=1) - Q_q(y0 | d=1)`` (``y0_<outcome>``), the same
+        truth as :meth:`ChangesInChanges.estimand`. The coefficient targets a conditional
+        quantile of the error instead, so its "bias" against this truth measures that
+        misreading (seed 000's question), not a coding error."""
+        qs = _check_quantiles(self.quantiles)
+        treated = panel[D].to_numpy() == 1
+        y1 = panel[self.outcome].to_numpy(float)[treated]
+        y0 = panel[f"y0_{self.outcome}"].to_numpy(float)[treated]
+        qtt = (np.quantile(y1, qs, method="inverted_cdf")
+               - np.quantile(y0, qs, method="inverted_cdf"))
+        out = {f"q{q:g}": float(v) for q, v in zip(qs, qtt)}
+        med = int(np.argmin(np.abs(np.asarray(qs) - 0.5)))
+        out[f"tau_q{qs[med]:g}"] = float(qtt[med])
+        return out
+
     def check(self) -> None:
         """Validate every option (see :mod:`estimators.catalog`)."""
         _check_common(self)

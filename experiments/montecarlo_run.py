@@ -125,6 +125,82 @@ def failure_table(results: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     return table.drop(columns=["cell"]) if axes else table
 
 
+#: data keys that put a differential trend into a simulator's untreated outcome; with all of
+#: them at zero, parallel trends hold by construction and a pre-test's rejections are false
+TREND_KEYS = ("trend_gap", "trend_pgdp")
+
+
+def parallel_trends_hold(cfg: DictConfig) -> bool:
+    """Whether the cell's simulator draws parallel untreated trends by construction."""
+    return all(float(cfg.data.get(k, 0.0) or 0.0) == 0.0 for k in TREND_KEYS)
+
+
+def binomial_band(p: float, n: int, z: float = 2.576) -> tuple[float, float]:
+    """The 99% band a rejection rate with true value ``p`` falls in over ``n`` draws."""
+    half = z * (p * (1 - p) / max(n, 1)) ** 0.5
+    return max(0.0, p - half), min(1.0, p + half)
+
+
+def pretest_warnings(diag: pd.DataFrame, parallel: Mapping[str, bool],
+                     axes: list[str]) -> pd.DataFrame:
+    """Pre-tests whose rejection rate, in cells where parallel trends hold by construction,
+    lies above the 99% binomial band around their 5% level: the measured rate, its band,
+    and the number of draws."""
+    if "pretrend_reject" not in diag:
+        return pd.DataFrame()
+    rows = []
+    head = diag[(diag["role"] == "headline") & diag["pretrend_reject"].notna()]
+    for _, r in head.iterrows():
+        if not parallel.get(r["cell"], False):
+            continue
+        n = int(r.get("n_draws", 0) or 0) - int(r.get("n_failed", 0) or 0)
+        low, high = binomial_band(0.05, n)
+        if r["pretrend_reject"] > high:
+            rows.append({**{a: r[a] for a in axes if a in r}, "outcome": r["outcome"],
+                         "estimator": r["estimator"], "pretest_rejection": r["pretrend_reject"],
+                         "nominal": 0.05, "band_99": f"{low:.3f}-{high:.3f}", "draws": n})
+    return pd.DataFrame(rows)
+
+
+def blank_diagnosands(diag: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """Headline rows whose bias or coverage is blank, with the reason read from the numbers
+    (no truth, no standard error, every draw failed)."""
+    rows = []
+    head = diag[diag["role"] == "headline"]
+    for _, r in head.iterrows():
+        bias_blank = "bias" in r and pd.isna(r["bias"])
+        cover_blank = "coverage" in r and pd.isna(r["coverage"])
+        if not (bias_blank or cover_blank):
+            continue
+        if int(r.get("n_failed", 0) or 0) >= int(r.get("n_draws", 0) or 0):
+            why = "every draw failed (see the failures table)"
+        elif bias_blank:
+            why = ("no true value: the estimator declares no causal estimand for this term "
+                   "(e.g. a decomposition or a descriptive quantile gap), so bias, RMSE and "
+                   "coverage cannot be computed")
+        else:
+            why = ("no standard error or interval (e.g. n_boot=0 for a bootstrap-only "
+                   "estimator), so coverage and rejection are blank")
+        rows.append({**{a: r[a] for a in axes if a in r}, "outcome": r["outcome"],
+                     "estimator": r["estimator"], "term": r["term"], "why": why})
+    return pd.DataFrame(rows)
+
+
+def quantile_comparison(diag: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """Quantile terms (``q0.1``, ...) of every estimator that has them, beside the true
+    quantile treatment effect on the treated: one row per cell, outcome and quantile, the
+    truth and each estimator's bias."""
+    q = diag[diag["term"].astype(str).str.fullmatch(r"q[0-9.]+") & diag["mean_truth"].notna()]
+    if q.empty or q["estimator"].nunique() < 1:
+        return pd.DataFrame()
+    q = q.assign(quantile=q["term"].str.slice(1).astype(float))
+    keys = [*[a for a in axes if a in q], "outcome", "quantile"]
+    truth = q.groupby(keys)["mean_truth"].first().rename("true_qtt")
+    bias = q.pivot_table(index=keys, columns="estimator", values="bias", aggfunc="first")
+    bias.columns = [f"bias_{c}" for c in bias.columns]
+    return pd.concat([truth, bias], axis=1).reset_index()
+
+
 def common_draws(results: pd.DataFrame) -> pd.DataFrame:
     """The rows of draws (cell, replicate, outcome) in which every estimator succeeded."""
     head = results[results["role"] == "headline"]
@@ -217,6 +293,36 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
             "The same diagnosands on the draws where **every** estimator succeeded "
             "(`diagnosands_common.csv`), so that the estimators are compared on the same "
             "draws:\n\n" + report.markdown_table(common[ccols]) + "\n")
+    parallel = {d.cell: parallel_trends_hold(c) for d, (c, _) in zip(designs, runs)}
+    pre_warn = pretest_warnings(diag, parallel, shown_axes)
+    blanks = blank_diagnosands(diag, shown_axes)
+    if len(pre_warn):
+        written["pretest_warnings"] = pre_warn
+        print_table("Warning: pre-tests that reject too often where parallel trends hold",
+                    pre_warn)
+        sections.append(
+            "## Warnings: pre-tests with the wrong size\n\nIn these cells the simulator draws "
+            "parallel untreated trends (no differential trend), so every rejection of the "
+            "pre-test is false; the rate should be 5%, and it lies above the 99% binomial "
+            "band. Do not read a rejection of this pre-test as evidence against parallel "
+            "trends in a design like this one (for Callaway-Sant'Anna, `pretest=sidak` is the "
+            "test with the right size for small cohorts; R did's Wald test is "
+            "`pretest=wald`).\n\n" + report.markdown_table(pre_warn) + "\n")
+    qtab = quantile_comparison(diag, shown_axes)
+    if len(qtab):
+        written["quantile_comparison"] = qtab
+        sections.append(
+            "## Quantile effects against the true QTT\n\nThe true quantile treatment "
+            "effect on the treated of each draw (quantiles of the treated cells' outcome with "
+            "and without the effect) beside each quantile estimator's bias (blank: that "
+            "estimator does not report this quantile). Changes-in-changes targets these "
+            "QTTs; the conditional quantile DID of the studies targets quantiles of the "
+            "error given unit and year, so its bias here measures reading it as a QTT.\n\n"
+            + report.markdown_table(qtab) + "\n")
+    if len(blanks):
+        written["blank_diagnosands"] = blanks
+        sections.append("## Warnings: blank diagnosands\n\nWhy some cells of the table above "
+                        "are empty:\n\n" + report.markdown_table(blanks) + "\n")
     if cfg.experiment.figures:
         outcome0 = list(cfg.experiment.outcomes)[0]
         paths = report.diagnosand_figures(diag, [a for a in AXES if a in axes_frame],

@@ -329,3 +329,31 @@ def test_failure_rates_are_explained_and_estimators_compared_on_common_draws():
     common = common_draws(res)
     assert sorted(common["rep"].unique()) == list(range(4, 10))
     assert set(common["estimator"]) == {"twfe", "dr_did"}
+
+
+def test_report_warnings_are_written_from_the_numbers():
+    """Pre-tests above the 99% band where parallel trends hold are flagged (not where a
+    trend was put in), blank diagnosands get their reason, and quantile terms sit beside
+    the true QTT."""
+    from experiments.montecarlo_run import (blank_diagnosands, pretest_warnings,
+                                            quantile_comparison)
+
+    diag = pd.DataFrame({
+        "cell": ["a", "a", "b", "a", "a", "a", "a"],
+        "outcome": "y",
+        "estimator": ["cs", "es", "cs", "oaxaca", "qdid", "qdid", "cic"],
+        "term": ["ATT", "ATT", "ATT", "unexplained", "tau_q0.5", "q0.5", "q0.5"],
+        "role": ["headline"] * 5 + ["detail"] * 2,
+        "n_draws": 200, "n_failed": 0,
+        "pretrend_reject": [0.52, 0.06, 0.52, np.nan, np.nan, np.nan, np.nan],
+        "mean_truth": [0.0, 0.0, 0.0, np.nan, 0.2, 0.2, 0.2],
+        "bias": [0.0, 0.0, 0.0, np.nan, 0.01, 0.01, -0.002],
+        "coverage": [0.95, 0.95, 0.95, np.nan, np.nan, np.nan, 0.94],
+    })
+    warn = pretest_warnings(diag, {"a": True, "b": False}, [])
+    assert list(warn["estimator"]) == ["cs"]  # es within the band; b has a trend
+    assert warn["pretest_rejection"].iloc[0] == 0.52 and warn["draws"].iloc[0] == 200
+    blanks = blank_diagnosands(diag, []).set_index("estimator")["why"]
+    assert "no true value" in blanks["oaxaca"] and "no standard error" in blanks["qdid"]
+    q = quantile_comparison(diag, [])
+    assert q[["true_qtt", "bias_cic", "bias_qdid"]].iloc[0].tolist() == [0.2, -0.002, 0.01]
