@@ -70,6 +70,10 @@ class Capabilities:
         The estimator wraps another (field ``base``: an estimator spec in configs).
     truth
         ``estimand(panel)`` gives the true value of the headline on a simulated panel.
+    switching
+        The estimator accepts a treatment that switches off (and on again): ``d`` is then
+        not implied by ``cohort`` (de Chaisemartin-D'Haultfoeuille). A user's file with
+        such a treatment reaches only these estimators.
     """
 
     needs_rng: bool = False
@@ -81,6 +85,7 @@ class Capabilities:
     decomposition: bool = False
     wraps: bool = False
     truth: bool = True
+    switching: bool = False
 
 
 @dataclass(frozen=True)
@@ -297,7 +302,7 @@ def _register_all() -> None:
     register("stacked", StackedDID, C(event_time=True))
     register("did2s", TwoStageDID, C(event_time=True))
     from .dcdh import DCDH
-    register("dcdh", DCDH, C(event_time=True))
+    register("dcdh", DCDH, C(event_time=True, switching=True))
 
 
 def is_sequence_type(tp: Any) -> bool:

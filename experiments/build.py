@@ -173,6 +173,11 @@ def file_spec(cfg: DictConfig) -> Any:
     values["treated_units"] = tuple(values.get("treated_units") or ())
     values["outcomes"] = tuple(cfg.experiment.outcomes)
     values["controls"] = tuple(values.get("controls") or ())
+    # a treatment that switches off reaches the estimators only when every configured one
+    # accepts it (de Chaisemartin-D'Haultfoeuille); otherwise the file is refused up front
+    kinds = [spec.get("kind", label) for label, spec in cfg.estimator.items()]
+    values["allow_switching"] = bool(kinds) and all(
+        catalog.entry(k).capabilities.switching for k in kinds)
     return FileSpec(**_fields(FileSpec, values, "data"))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from estimators.panel import (COHORT, D, TIME, UNIT, OptionError, PanelError, check_choice,
-                              safe_log, show, treatment_from_cohort, validate_panel)
+                              safe_log, show, treatment_from_cohort, check_panel)
 
 FORMATS = ("csv", "parquet", "dta")
 EXTENSIONS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet", ".dta": "dta"}
@@ -148,6 +148,8 @@ class FileSpec:
     controls: Sequence[str] = ()
     allow_gaps: bool = False
     drop_missing: bool = False          # drop rows with missing values in the used columns
+    # a 0/1 treatment may switch off (set when every configured estimator accepts it)
+    allow_switching: bool = False
 
 
 def load_panel(spec: FileSpec) -> tuple[pd.DataFrame, list[str]]:
@@ -218,10 +220,14 @@ def load_panel(spec: FileSpec) -> tuple[pd.DataFrame, list[str]]:
         df[COHORT] = df[UNIT].map(first).fillna(0).astype(np.int64)
         implied = treatment_from_cohort(df[COHORT].to_numpy(), df[TIME].to_numpy())
         off = implied != d.to_numpy()
-        if off.any():
+        if off.any() and not spec.allow_switching:
             unit, year = df.loc[off, UNIT].iloc[0], int(df.loc[off, TIME].iloc[0])
             raise PanelError(f"treatment switches off: unit {show(unit)} has {spec.treatment}=0 in "
-                             f"{year} after being treated; didlab supports absorbing treatment only")
+                             f"{year} after being treated; only estimators for non-absorbing "
+                             f"treatment accept it: estimator=[{','.join(switching_kinds())}]")
+        if off.any():
+            notes.append(f"treatment switches off for {df.loc[off, UNIT].nunique()} unit(s): "
+                         f"d is the file's {spec.treatment!r}, cohort its first treated year")
     elif spec.cohort is not None:
         c = pd.to_numeric(df[spec.cohort], errors="coerce").fillna(0)
         if (c < 0).any() or not np.all(c == np.round(c)):
@@ -247,7 +253,10 @@ def load_panel(spec: FileSpec) -> tuple[pd.DataFrame, list[str]]:
                              f"first year ({first}) and no later than the last ({last}) of the "
                              "data: the treated units need years before and after it")
         df[COHORT] = np.where(names.isin(wanted), int(spec.treatment_year), 0)
-    df[D] = treatment_from_cohort(df[COHORT].to_numpy(), df[TIME].to_numpy())
+    if spec.treatment is not None and spec.allow_switching:
+        df[D] = d.to_numpy().astype(np.int64)  # may switch off: not implied by the cohort
+    else:
+        df[D] = treatment_from_cohort(df[COHORT].to_numpy(), df[TIME].to_numpy())
 
     for name, expr in dict(spec.derive).items():
         df[name] = derive(df, name, expr).to_numpy()
@@ -280,6 +289,14 @@ def load_panel(spec: FileSpec) -> tuple[pd.DataFrame, list[str]]:
             notes.append(f"dropped {int(na.sum())} row(s) with missing values in {used} "
                          "(lags shorten each unit's series)")
             df = df.loc[~na].reset_index(drop=True)
-    info = validate_panel(df, tuple(spec.outcomes), tuple(spec.controls))
+    info = check_panel(df, tuple(spec.outcomes), tuple(spec.controls),
+                       absorbing=not spec.allow_switching)[0]
     notes.append(info.describe())
     return df, notes
+
+
+def switching_kinds() -> list[str]:
+    """Catalogue estimators that accept a treatment switching off."""
+    from estimators import catalog
+
+    return [e.kind for e in catalog.entries() if e.capabilities.switching]

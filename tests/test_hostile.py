@@ -209,3 +209,23 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             tmp.write_text("half")
             raise OSError(28, "No space left on device")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_switching_treatment_reaches_only_estimators_that_accept_it(capsys, tmp_path):
+    """A 0/1 treatment that switches off is refused with the estimators that accept it
+    named, and accepted (d taken from the file) when every configured estimator does."""
+    from experiments.build import file_spec
+    from experiments.realdata import load_panel
+    from experiments.run import compose
+
+    path = tmp_path / "panel.csv"
+    path.write_text(FILE_TABLES["switches off"][0].replace("2002,2,0\n2,2001", "2002,2,0\n"
+                                                           "1,2003,2,1\n2,2003,1,0\n2,2001"))
+    args = ["experiment=estimate", "data=file", f"data.path={path}", "data.treatment=d",
+            "data.outcomes=[y]"]
+    line = one_line(capsys, [*args, f"hydra.run.dir={tmp_path}/run"])
+    assert "only estimators for non-absorbing treatment accept it: estimator=[dcdh]" in line
+    panel, notes = load_panel(file_spec(compose([*args, "estimator=[dcdh]"])))
+    assert panel.loc[panel["unit"] == 1, "d"].tolist() == [1, 0, 1]  # the file's, not implied
+    assert panel.loc[panel["unit"] == 1, "cohort"].unique().tolist() == [2001]
+    assert any("switches off for 1 unit" in n for n in notes)
