@@ -28,6 +28,13 @@ estimated by least squares of ``c_lj^2`` on ``(1, 1/M_j)`` over the controls, an
 control's contrast is rescaled to the treated group's variance,
 ``c_lj * sqrt(v(M_l) / v(M_j))``, before forming ``Gamma_hat``.
 
+Caveat (measured, ``tests/test_inference.py``): both rest on ``N0 -> infinity`` with ``N1``
+fixed. The exact error of the estimate also carries the control groups' errors, with
+weight ``N1/N`` against the treated groups' ``1 - N1/N`` (common timing); the law above
+drops that term. With 6 treated of 30 it understates the error variance by about a fifth
+(``(6 + 24/16) / 6``), and Conley-Taber rejects a true null about 10% of the time at 5%
+with homoskedastic AR(1) errors (400 draws). Use them where ``N1/N0`` is small.
+
 The tuple distribution is computed exactly, without simulation: the treated groups are
 split in two halves, each half's sums are enumerated (``N0^(N1/2)`` each) and the count of
 tuples below any ``z`` is a sorted search (meet in the middle); quantiles are found by
