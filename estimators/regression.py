@@ -37,7 +37,7 @@ from .fe import (DIST_TYPES, SE_TYPES, SSC_TYPES, OLSFit, Dof, ols_fe, reference
 from .few_treated import TupleLaw, contrasts, few_treated_inference
 from .panel import UNIT, EstimationError, OptionError, check_choice
 from .result import critical_value, p_value, terms_frame
-from .wild import WILD_TYPES, WILD_WEIGHTS, draw_weights, enumerates, wild_bootstrap
+from .wild import WILD_TYPES, WILD_WEIGHTS, draw_weights, wild_bootstrap
 
 #: every SE type the shared options know (an estimator lists those it offers in SE_CHOICES)
 ALL_SE = (*SE_TYPES, "cr2")

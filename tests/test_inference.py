@@ -143,13 +143,6 @@ def _wildboottest_p(x, y, cluster, v, impose_null):
     return float(wb.pvalue), float(np.ravel(wb.t_stat)[0])
 
 
-class _Fixed:
-    """A generator stand-in that hands out a prepared weight matrix."""
-
-    def __init__(self, v):
-        self.v = v
-
-
 @pytest.mark.parametrize("wild_type", ["wcr", "wcu"])
 def test_wild_enumeration_matches_wildboottest(castle, wild_type):
     """10 clusters: every Rademacher sign vector (2^10 = 1024 <= 9999), no randomness;
