@@ -394,15 +394,24 @@ def spec_curve_figure(table: pd.DataFrame, choices: Sequence[str], path: Path,
     return save_figure(fig, path)
 
 
-def sensitivity_figure(table: pd.DataFrame, path: Path, alpha: float = 0.05) -> Path:
+def sensitivity_figure(table: pd.DataFrame, path: Path, alpha: float = 0.05,
+                       breakdowns: dict[tuple[str, str, str], float] | None = None) -> Path:
     """Honest confidence sets against the bound M (smoothness) and Mbar (relative
-    magnitudes), the conventional interval at the left, one row per estimator."""
+    magnitudes), the conventional interval at the left, one row per estimator.
+
+    The point estimate is a dashed line across each panel, and the breakdown value
+    (``breakdowns[(outcome, estimator, restriction)]``: the smallest bound whose set
+    includes zero) a dotted vertical line with its value, placed on the bound's scale.
+    """
     sns.set_theme(style="whitegrid", context="notebook")
+    breakdowns = breakdowns or {}
     keys = list(dict.fromkeys(table[["outcome", "estimator"]].itertuples(index=False, name=None)))
-    fig, axes = plt.subplots(len(keys), 2, figsize=(10, 3.2 * len(keys)), squeeze=False)
+    fig, axes = plt.subplots(len(keys), 2, figsize=(11, 3.0 * len(keys) + 0.6), squeeze=False)
+    blue, red = sns.color_palette("deep")[0], sns.color_palette("deep")[3]
     for i, (outcome, label) in enumerate(keys):
         sub = table[(table["outcome"] == outcome) & (table["estimator"] == label)]
         conv = sub[sub["method"] == "conventional"].iloc[0]
+        point = (conv["lower"] + conv["upper"]) / 2
         for j, restriction in enumerate(("smoothness", "relative_magnitudes")):
             ax = axes[i, j]
             g = sub[sub["restriction"] == restriction]
@@ -410,17 +419,33 @@ def sensitivity_figure(table: pd.DataFrame, path: Path, alpha: float = 0.05) -> 
                 ax.set_visible(False)
                 continue
             m = g["M"].to_numpy()
+            # ticks at the grid's own positions (a numeric axis, not categories), the
+            # conventional interval one step to the left of the smallest bound
             step = (m.max() - m.min()) / max(len(m) - 1, 1) or 1.0
-            ax.vlines(m, g["lower"], g["upper"], color=sns.color_palette("deep")[0], lw=3)
+            ax.vlines(m, g["lower"], g["upper"], color=blue, lw=3)
             ax.vlines([m.min() - step], [conv["lower"]], [conv["upper"]], color="grey", lw=3)
             ax.axhline(0, color="black", lw=0.8)
+            ax.axhline(point, color="grey", lw=1, ls="--")
+            bd = breakdowns.get((outcome, label, restriction))
+            if bd is not None and np.isfinite(bd) and m.min() <= bd <= m.max() + step:
+                ax.axvline(bd, color=red, lw=1.2, ls=":")
+                ax.text(bd, ax.get_ylim()[1], f" breakdown {bd:.3g}", color=red, fontsize=8,
+                        va="top", ha="left")
             ax.set_xticks(np.r_[m.min() - step, m])
-            ax.set_xticklabels(["conv."] + [f"{v:.3g}" for v in m], rotation=30, fontsize=8)
-            ax.set_xlabel("M (second differences)" if j == 0 else "Mbar (relative magnitude)")
-            ax.set_ylabel(f"{level(alpha)} set for the average post effect")
-            ax.set_title(f"{label} on {outcome}: {restriction.replace('_', ' ')} "
-                         f"({g['method'].iloc[-1]})", fontsize=10)
-    fig.tight_layout()
+            ax.set_xticklabels(["conv."] + [f"{v:.2g}" for v in m], rotation=30, fontsize=8)
+            ax.set_xlabel("M (bound on second differences)" if j == 0
+                          else "Mbar (post violation / largest pre violation)", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{label}\n{outcome}", fontsize=9)
+            ax.set_title(f"{restriction.replace('_', ' ')} ({g['method'].iloc[-1]})", fontsize=10)
+    handles = [plt.Line2D([], [], color=blue, lw=3, label=f"honest {level(alpha)} set"),
+               plt.Line2D([], [], color="grey", lw=3, label="conventional interval"),
+               plt.Line2D([], [], color="grey", lw=1, ls="--", label="point estimate"),
+               plt.Line2D([], [], color=red, lw=1.2, ls=":", label="breakdown value")]
+    fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False, fontsize=9)
+    fig.suptitle("How wrong may parallel trends be before the average post effect's set "
+                 "includes zero?", fontsize=11)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     return save_figure(fig, path)
 
 

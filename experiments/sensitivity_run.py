@@ -99,8 +99,12 @@ def run_sensitivity(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[
                 + report.markdown_table(table) + "\n"]
     written: dict[str, Any] = {"honest_sets": table, "summary": summ}
     if cfg.experiment.figures:
+        breakdowns = {(r["outcome"], r["estimator"], r["restriction"]): float(r["breakdown"])
+                      for r in summary if r.get("restriction") in ("smoothness",
+                                                                   "relative_magnitudes")
+                      and r.get("breakdown") is not None}
         p = report.sensitivity_figure(table, out / "figures" / "sensitivity.png",
-                                      alpha=float(sc.alpha))
+                                      alpha=float(sc.alpha), breakdowns=breakdowns)
         written["figure"] = p
         sections.append(f"![sensitivity](figures/{p.name})\n")
     with pd.option_context("display.width", 180, "display.float_format", "{:.4f}".format):
