@@ -131,6 +131,16 @@ def diagnosand_figure(diag: pd.DataFrame, axis: str, path: Path, hue: str | None
                              figsize=(4.2 * len(DIAGNOSANDS) + 1.2, 2.1 * len(est_labels) + 0.9),
                              squeeze=False, sharex=True, sharey="col")
     levels = list(dict.fromkeys(diag[axis]))
+    positions = np.arange(len(levels), dtype=float)
+    ticklabels = [str(v) for v in levels]
+    if axis == "effect" and "mean_truth" in diag:
+        # effect sizes on their own scale (zero, small, constant are -0, -0.1, -0.3, not
+        # three equally spaced categories): x is each level's mean true effect
+        truth = diag.groupby(axis, sort=False)["mean_truth"].mean().reindex(levels).to_numpy(float)
+        if np.isfinite(truth).all() and np.unique(np.round(truth, 12)).size == len(levels):
+            positions = truth
+            ticklabels = [f"{v}\n{t:.3g}" for v, t in zip(levels, truth)]
+    span = float(np.ptp(positions)) or 1.0
     hues = list(dict.fromkeys(diag[hue])) if hue else [None]
     palette = sns.color_palette("deep", len(hues))
     for i, label in enumerate(est_labels):
@@ -140,19 +150,21 @@ def diagnosand_figure(diag: pd.DataFrame, axis: str, path: Path, hue: str | None
             for h, colour in zip(hues, palette):
                 g = sub if h is None else sub[sub[hue] == h]
                 g = g.set_index(axis).reindex(levels)
-                x = np.arange(len(levels)) + (0 if h is None else 0.08 * (hues.index(h) - (len(hues) - 1) / 2))
+                dodge = 0.0 if h is None else 0.08 * (hues.index(h) - (len(hues) - 1) / 2)
+                x = positions + dodge * span / max(len(levels) - 1, 1)
                 ax.errorbar(x, g[col], yerr=2 * g[f"{col}_mcse"], fmt="o-", color=colour,
                             capsize=3, ms=4, lw=1, label=None if h is None else str(h))
             ref = {"bias": 0.0, "coverage": 1 - alpha, "rejection": alpha}[col]
             ax.axhline(ref, color="black", lw=0.8, ls="-" if col == "bias" else "--")
-            ax.set_xticks(np.arange(len(levels)))
-            ax.set_xticklabels(levels, rotation=20, ha="right", fontsize=8)
+            ax.set_xticks(positions)
+            ax.set_xticklabels(ticklabels, rotation=20 if positions is not None else 0,
+                               ha="right", fontsize=8)
             if j == 0:
                 ax.set_ylabel(label, fontsize=9)
             if i == 0:
                 ax.set_title(name.format(level=level(alpha), alpha=alpha), fontsize=10)
             if i == len(est_labels) - 1:
-                ax.set_xlabel(axis)
+                ax.set_xlabel("true effect (ATT)" if ticklabels[0].count("\n") else axis)
     if hue:
         axes[0, -1].legend(title=hue, fontsize=7, title_fontsize=8, loc="upper left",
                            bbox_to_anchor=(1.02, 1.0))
