@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib
 
@@ -221,13 +221,16 @@ def placebo_distribution_figure(distribution: pd.DataFrame, summary: pd.DataFram
 
 
 def forest_figure(table: pd.DataFrame, term: str, path: Path, title: str,
-                  reference: str | None = None) -> Path:
+                  reference: str | None = None,
+                  panel_notes: dict[tuple[str, str], str] | None = None,
+                  term_label: Callable[[str], str] | None = None) -> Path:
     """Point estimates with CIs, one row per term, one panel per (outcome, estimator)."""
     sns.set_theme(style="whitegrid", context="notebook")
     keys = list(dict.fromkeys(table[["outcome", "estimator"]].itertuples(index=False, name=None)))
     n_terms = table.groupby(["outcome", "estimator"]).size().max()
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 0.45 * n_terms + 1.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(6.5, 5.0 * len(keys)),
+                                                    0.55 * n_terms + 2.0), squeeze=False)
+    panel_notes = panel_notes or {}
     for ax, (outcome, label) in zip(axes[0], keys):
         g = table[(table["outcome"] == outcome) & (table["estimator"] == label)]
         y = np.arange(len(g))[::-1]
@@ -238,8 +241,10 @@ def forest_figure(table: pd.DataFrame, term: str, path: Path, title: str,
         if reference and reference in g:
             ax.axvline(g[reference].iloc[0], color="black", lw=1, ls="--")
         ax.set_yticks(y)
-        ax.set_yticklabels(g[term].astype(str))
-        ax.set_title(f"{label} on {outcome}", fontsize=10)
+        names = g[term].astype(str)
+        ax.set_yticklabels([term_label(n) for n in names] if term_label else names)
+        note = panel_notes.get((outcome, label))
+        ax.set_title(f"{label} on {outcome}" + (f"\n{note}" if note else ""), fontsize=10)
         ax.set_xlabel("estimate")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()

@@ -167,8 +167,16 @@ def draw_sections(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[st
         sections.append(f"### Effects by subgroup ({f.label})\n\n"
                         + report.markdown_table(t[cols]) + "\n")
         if cfg.experiment.figures:
-            p = report.forest_figure(t, "term", figures / f"heterogeneity_{f.label}.png",
-                                     f"Effects by subgroup ({report.level(f.estimate.alpha)} CIs)")
+            d = f.estimate.diagnostics
+            note = (f"equal effects across {int(d['n_groups'])} groups: F = "
+                    f"{d['equality_F']:.2f}, p = {d['equality_p']:.3g}"
+                    if np.isfinite(d.get("equality_p", np.nan)) else None)
+            p = report.forest_figure(
+                t, "term", figures / f"heterogeneity_{f.label}.png",
+                f"Effects by subgroup ({report.level(f.estimate.alpha)} CIs)",
+                panel_notes={(f.outcome, f.label): note} if note else None,
+                # "d:developed=1" -> "developed = 1": the subgroup, not the regressor name
+                term_label=lambda n: n.split(":", 1)[-1].replace("=", " = "))
             sections.append(f"![heterogeneity](figures/{p.name})\n")
 
     first_outcome = list(cfg.experiment.outcomes)[0]
