@@ -104,7 +104,20 @@ def event_study_figure(terms: pd.DataFrame, path: Path, title: str) -> Path:
                         label=f"{label} ({level(g['alpha']) if 'alpha' in g else '95%'} CI)")
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(-0.5, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel("periods since treatment (reference -1)")
+        if "binned" in sub and sub["binned"].fillna(False).astype(bool).any():
+            # binned endpoints pool every period beyond them: say so on the axis
+            ends = sub.loc[sub["binned"].fillna(False).astype(bool), "event_time"].unique()
+            ticks = sorted(set(ax.get_xticks().round().astype(int)) | set(ends.astype(int)))
+            lo, hi = sub["event_time"].min(), sub["event_time"].max()
+            ticks = [t for t in ticks if lo <= t <= hi]
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([(f"≤{t}" if t < 0 else f"≥{t}") if t in ends else str(t)
+                                for t in ticks])
+            for t in ends:
+                ax.axvspan(t - 0.4, t + 0.4, color="grey", alpha=0.12, lw=0)
+        ax.set_xlabel("periods since treatment (reference -1; shaded: binned endpoints)"
+                      if "binned" in sub and sub["binned"].fillna(False).astype(bool).any()
+                      else "periods since treatment (reference -1)")
         ax.set_ylabel(f"effect on {outcome}")
         ax.set_title(outcome)
         if wide:

@@ -19,6 +19,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from estimators import catalog
+from estimators.panel import COHORT, TIME
 from estimators.result import Estimate
 
 from . import report
@@ -69,6 +70,23 @@ class SingleDraw:
         return [f for f in self.fits.values() if f.estimate is not None
                 and all(getattr(f.capabilities, k) == v for k, v in capability.items())]
 
+    def _binned(self, estimator: Any, event_time: np.ndarray) -> np.ndarray:
+        """Which event times are binned endpoints: the window's ends of an estimator that
+        bins (``bin_endpoints``) when the panel has treated periods beyond them."""
+        out = np.zeros(event_time.size, dtype=bool)
+        if not getattr(estimator, "bin_endpoints", False):
+            return out
+        treated = self.panel[COHORT].to_numpy() > 0
+        rel = (self.panel[TIME].to_numpy() - self.panel[COHORT].to_numpy())[treated]
+        if rel.size == 0:
+            return out
+        leads, lags = getattr(estimator, "leads", None), getattr(estimator, "lags", None)
+        if leads is not None and rel.min() < -leads:
+            out |= event_time == -leads
+        if lags is not None and rel.max() > lags:
+            out |= event_time == lags
+        return out
+
     def event_terms(self) -> pd.DataFrame:
         """Event-time terms of every event-time estimator, with their truths and the
         reference period added as a zero."""
@@ -89,8 +107,9 @@ class SingleDraw:
                     "conf_high": [0.0], "event_time": [float(ref)],
                     "truth": [0.0 if f.truth else np.nan], "outcome": [f.outcome],
                     "estimator": [f.label], "alpha": [est.alpha]})], ignore_index=True)
+            t["binned"] = self._binned(f.estimator, t["event_time"].to_numpy(float))
             frames.append(t[["outcome", "estimator", "term", "event_time", "estimate",
-                             "conf_low", "conf_high", "truth", "alpha"]])
+                             "conf_low", "conf_high", "truth", "alpha", "binned"]])
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
