@@ -303,6 +303,12 @@ def _register_all() -> None:
     register("did2s", TwoStageDID, C(event_time=True))
     from .dcdh import DCDH
     register("dcdh", DCDH, C(event_time=True, switching=True))
+    from .sdid import SyntheticDID
+    from .synth import SyntheticControl
+    register("synthetic_control", SyntheticControl, C(needs_rng=True, event_time=True))
+    register("sdid", SyntheticDID, C(needs_rng=True, event_time=True))
+    from .etwfe import ETWFE
+    register("etwfe", ETWFE, C(event_time=True))
 
 
 def is_sequence_type(tp: Any) -> bool:
