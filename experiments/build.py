@@ -20,7 +20,7 @@ EXACT = {"auto": "auto", "true": True, "false": False}
 DATA_KINDS = ("province", "city", "file", "calibrated")
 #: data-config keys that describe how the data is used, not the simulator's parameters
 CONFIG_ONLY_DATA_KEYS = ("kind", "from", "source", "outcomes", "controls", "score_covariates",
-                         "channels")
+                         "channels", "labels")
 SIMULATED = ("province", "city", "calibrated")
 
 
@@ -169,7 +169,7 @@ def file_spec(cfg: DictConfig) -> Any:
     if OmegaConf.is_missing(cfg.data, "path"):
         raise OptionError("data.path is not set: data=file needs data.path=PATH (.csv, .parquet or .dta)")
     values = {k: v for k, v in dict(_plain(cfg.data)).items()
-              if k not in ("kind", "score_covariates")}
+              if k not in ("kind", "score_covariates", "labels")}
     values["treated_units"] = tuple(values.get("treated_units") or ())
     values["outcomes"] = tuple(cfg.experiment.outcomes)
     values["controls"] = tuple(values.get("controls") or ())

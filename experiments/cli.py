@@ -192,6 +192,10 @@ def _unknown_key(key: str, others: list[str], compose: Any) -> str:
         parent = OmegaConf.select(base, parent_key) if parent_key else base
     except Exception:  # the rest of the command is broken too: say what we know
         parent = None
+    if isinstance(parent, DictConfig) and OmegaConf.get_type(parent) in (dict, None):
+        # a free-form map (data.labels, data.derive): new entries are added with "+"
+        return (f"{key} is a new entry of the map {parent_key}: add it with "
+                f"+{key}=VALUE")
     known = list(parent.keys()) if isinstance(parent, DictConfig) else []
     close = difflib.get_close_matches(leaf, [str(k) for k in known], n=1, cutoff=0.5)
     hint = (f"; did you mean {parent_key + '.' if parent_key else ''}{close[0]}?" if close

@@ -21,6 +21,30 @@ PACKAGES = ("didlab", "numpy", "pandas", "scipy", "statsmodels", "linearmodels",
             "hydra-core", "omegaconf", "seaborn", "dask", "distributed")
 
 
+#: display names of the simulators' variables; a config's ``data.labels`` adds or replaces
+VARIABLE_LABELS: dict[str, str] = {
+    "lnce": "log CO2 emissions", "lncei": "log CO2 intensity",
+    "nqpf": "new quality productive forces", "clean_share": "clean-production share",
+    "pm10": "PM10", "so2": "SO2", "no2": "NO2", "lnpgdp": "log GDP per capita",
+    "lnes": "log energy structure", "lnpeople": "log population",
+    "lnis2": "log industry share", "lnfdi": "log FDI", "lntech": "log technology",
+    "green": "green innovation", "structure": "industrial structure",
+}
+_labels: dict[str, str] = dict(VARIABLE_LABELS)
+
+
+def set_labels(extra: dict[str, str] | None) -> None:
+    """Use the run's labels (``data.labels``) beside the defaults in every figure."""
+    _labels.clear()
+    _labels.update(VARIABLE_LABELS)
+    _labels.update({str(k): str(v) for k, v in (extra or {}).items()})
+
+
+def var_label(name: str) -> str:
+    """A variable's display name: its label, or the column name itself."""
+    return _labels.get(str(name), str(name))
+
+
 def package_versions() -> dict[str, str]:
     out = {}
     for p in PACKAGES:
@@ -113,13 +137,12 @@ def event_study_figure(terms: pd.DataFrame, path: Path, title: str) -> Path:
             ax.set_xticks(ticks)
             ax.set_xticklabels([(f"≤{t}" if t < 0 else f"≥{t}") if t in ends else str(t)
                                 for t in ticks])
-            for t in ends:
-                ax.axvspan(t - 0.4, t + 0.4, color="grey", alpha=0.12, lw=0)
-        ax.set_xlabel("periods since treatment (reference -1; shaded: binned endpoints)"
-                      if "binned" in sub and sub["binned"].fillna(False).astype(bool).any()
-                      else "periods since treatment (reference -1)")
-        ax.set_ylabel(f"effect on {outcome}")
-        ax.set_title(outcome)
+            for k, t in enumerate(ends):
+                ax.axvspan(t - 0.4, t + 0.4, color="grey", alpha=0.12, lw=0,
+                           label="binned endpoint" if k == 0 else None)
+        ax.set_xlabel("periods since treatment (reference -1)")
+        ax.set_ylabel(f"effect on {var_label(outcome)}")
+        ax.set_title(var_label(outcome))
         if wide:
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         else:
@@ -257,7 +280,8 @@ def forest_figure(table: pd.DataFrame, term: str, path: Path, title: str,
         names = g[term].astype(str)
         ax.set_yticklabels([term_label(n) for n in names] if term_label else names)
         note = panel_notes.get((outcome, label))
-        ax.set_title(f"{label} on {outcome}" + (f"\n{note}" if note else ""), fontsize=10)
+        ax.set_title(f"{label} on {var_label(outcome)}" + (f"\n{note}" if note else ""),
+                     fontsize=10)
         ax.set_xlabel("estimate")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -466,7 +490,7 @@ def sensitivity_figure(table: pd.DataFrame, path: Path, alpha: float = 0.05,
             ax.set_xlabel("M (bound on second differences)" if j == 0
                           else "Mbar (post violation / largest pre violation)", fontsize=9)
             if j == 0:
-                ax.set_ylabel(f"{label}\n{outcome}", fontsize=9)
+                ax.set_ylabel(f"{label}\n{var_label(outcome)}", fontsize=9)
             ax.set_title(f"{restriction.replace('_', ' ')} ({g['method'].iloc[-1]})", fontsize=10)
     handles = [plt.Line2D([], [], color=blue, lw=3, label=f"honest {level(alpha)} set"),
                plt.Line2D([], [], color="grey", lw=3, label="conventional interval"),
@@ -499,7 +523,7 @@ def quantile_figure(table: pd.DataFrame, path: Path) -> Path:
                 truth_drawn = True
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("quantile")
-        ax.set_ylabel(f"effect on {outcome}")
+        ax.set_ylabel(f"effect on {var_label(outcome)}")
         ax.legend(fontsize=8)
     levels = level(table["alpha"]) if "alpha" in table else "95%"
     fig.suptitle(f"Effects across the outcome distribution (bands: {levels}, unit bootstrap)",

@@ -221,6 +221,7 @@ def _run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     from .single import draw_sections, single_draw
 
     write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    report.set_labels(OmegaConf.to_container(cfg.data.labels) if "labels" in cfg.data else None)
     written: dict[str, Any] = {"config": out / "config.yaml"}
     sections: list[str] = [f"# didlab — {cfg.experiment.name}\n"]
     draw = single_draw(cfg)

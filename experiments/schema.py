@@ -53,6 +53,8 @@ class ProvinceData(ProvinceDGP):
     score_covariates: List[str] = field(default_factory=lambda: ["lnpgdp", "lnes"])
     # mediator channels: the policy moves these covariates, which move the outcome
     channels: List[ChannelConf] = field(default_factory=list)
+    # display names of variables in figures and tables (column -> label)
+    labels: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,6 +65,8 @@ class CityData(CityDGP):
     outcomes: List[str] = field(default_factory=lambda: ["nqpf"])
     controls: List[str] = field(default_factory=lambda: ["lnpgdp"])
     score_covariates: List[str] = field(default_factory=lambda: ["lnpgdp"])
+    # display names of variables in figures and tables (column -> label)
+    labels: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,6 +91,8 @@ class FileData:
     score_covariates: List[str] = II("data.controls")
     allow_gaps: bool = False
     drop_missing: bool = False
+    # display names of variables in figures and tables (column -> label)
+    labels: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -106,6 +106,7 @@ CONFIG_CASES = [
     (["data=example", "data.outcomes=[nosuch]"], "column 'nosuch'"),
     (["data=example", "data.treatment_year=1900"], "data.treatment_year=1900 must lie after"),
     (["data=example", "data.filter=nosuch>1"], "could not be read as an override: quote"),
+    (["data.labels.lnce=CO2"], "is a new entry of the map data.labels: add it with +data.labels"),
     (["data=example", "data.filter='nosuch > 1'"], "data.filter='nosuch > 1' cannot be applied"),
 ]
 

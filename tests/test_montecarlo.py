@@ -357,3 +357,22 @@ def test_report_warnings_are_written_from_the_numbers():
     assert "no true value" in blanks["oaxaca"] and "no standard error" in blanks["qdid"]
     q = quantile_comparison(diag, [])
     assert q[["true_qtt", "bias_cic", "bias_qdid"]].iloc[0].tolist() == [0.2, -0.002, 0.01]
+
+
+def test_figures_use_variable_labels_and_mark_binned_endpoints(province):
+    """data.labels (over the simulators' defaults) name variables in figures; the event
+    study's endpoints are flagged as binned when the panel has periods beyond them."""
+    from estimators.event_study import EventStudy
+    from experiments import report
+    from experiments.single import SingleDraw
+
+    report.set_labels({"lnce": "CO2, log tonnes"})
+    assert report.var_label("lnce") == "CO2, log tonnes"
+    assert report.var_label("lncei") == "log CO2 intensity" and report.var_label("x9") == "x9"
+    report.set_labels(None)
+    assert report.var_label("lnce") == "log CO2 emissions"
+    draw = SingleDraw(panel=province, table=pd.DataFrame())
+    times = np.arange(-3, 4, dtype=float)
+    flags = draw._binned(EventStudy("lnce", leads=3, lags=3), times)
+    assert flags.tolist() == [True, False, False, False, False, False, True]
+    assert not draw._binned(EventStudy("lnce", leads=3, lags=3, bin_endpoints=False), times).any()
