@@ -122,7 +122,15 @@ def single_draw(cfg: DictConfig) -> SingleDraw:
     estimators = build_estimators(cfg, list(cfg.experiment.outcomes))
     rows: list[dict[str, Any]] = []
     fits: dict[tuple[str, str], Fit] = {}
-    for (outcome, label), est in estimators.items():
+    from tqdm.auto import tqdm
+
+    from .run import isatty
+
+    # a long fit (a bootstrap, matching on a large file) shows which estimator is running
+    bar = tqdm(estimators.items(), total=len(estimators), unit="fit", leave=False,
+               disable=not (bool(cfg.experiment.progress) and isatty()))
+    for (outcome, label), est in bar:
+        bar.set_description(f"{label} on {outcome}")
         seed = estimator_seed(int(cfg.seed), 0, label) if needs_rng(est) else None
         rng = np.random.default_rng(seed) if seed is not None else None
         fitted, fit_rows_, truth = fit_rows(est, panel, rng, "single", 0, outcome, label)
@@ -145,11 +153,12 @@ def draw_sections(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[st
     if draw.is_file:
         shown = shown.drop(columns=["truth"])
         title = f"Estimates on {cfg.data.path}"
-        intro = "`pretrend_p` is the joint pre-period Wald test where the estimator has one."
+        intro = "`pretrend_p` is the pre-test of parallel trends where the estimator has one."
     else:
         title = f"One draw of the design (seed {cfg.seed}); truth = the draw's true effect"
         intro = ("`truth` is the draw's exact ATT (mean unit-period effect over treated "
-                 "observations); `pretrend_p` is the event study's joint pre-period Wald test.")
+                 "observations); `pretrend_p` is each estimator's pre-test of parallel trends "
+                 "(the event study's joint Wald test; Callaway-Sant'Anna's Sidak max-|t|).")
     print_table(title, shown)
     sections.append(f"## {title}\n\n{intro}\n\n" + report.markdown_table(shown) + "\n")
     ev = draw.event_terms()
