@@ -307,6 +307,8 @@ def _register_all() -> None:
     from .synth import SyntheticControl
     register("synthetic_control", SyntheticControl, C(needs_rng=True, event_time=True))
     register("sdid", SyntheticDID, C(needs_rng=True, event_time=True))
+    from .etwfe import ETWFE
+    register("etwfe", ETWFE, C(event_time=True))
 
 
 def is_sequence_type(tp: Any) -> bool:
