@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
@@ -201,6 +202,60 @@ def quantile_comparison(diag: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     return pd.concat([truth, bias], axis=1).reset_index()
 
 
+def inference_verdict(diag: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """Each estimator's (inference method's) size under a zero effect and coverage under a
+    non-zero one, with Monte Carlo SEs, the 99% binomial band around the nominal level, a
+    verdict read from the band and a rank by distance from the nominal size.
+
+    Only headline rows whose rejection is a size (``rejection_is == "size"``) or a power
+    (coverage read) enter; one row per estimator and outcome (cells other than the effect
+    axis averaged would mix designs, so they stay separate rows)."""
+    head = diag[diag["role"] == "headline"]
+    if "rejection_is" not in head or not (head["rejection_is"] == "size").any():
+        return pd.DataFrame()
+    keys = [a for a in axes if a in head and a != "effect"] + ["outcome", "estimator"]
+    rows = []
+    for key, g in head.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        rec = dict(zip(keys, key))
+        alpha = float(g["alpha"].iloc[0]) if "alpha" in g else 0.05
+        null = g[g["rejection_is"] == "size"]
+        alt = g[g["rejection_is"] == "power"]
+        if null.empty:
+            continue
+        n = int(null["n_draws"].iloc[0] - null["n_failed"].iloc[0])
+        size = float(null["rejection"].iloc[0])
+        lo, hi = binomial_band(alpha, n)
+        rec.update(size=size, size_mcse=float(null["rejection_mcse"].iloc[0]),
+                   size_band=f"{lo:.3f}-{hi:.3f}")
+        cover = float(alt["coverage"].iloc[0]) if len(alt) else float("nan")
+        if len(alt):
+            m = int(alt["n_draws"].iloc[0] - alt["n_failed"].iloc[0])
+            clo, chi = binomial_band(1 - alpha, m)
+            rec.update(coverage=cover, coverage_mcse=float(alt["coverage_mcse"].iloc[0]),
+                       coverage_band=f"{clo:.3f}-{chi:.3f}",
+                       power=float(alt["rejection"].iloc[0]))
+        if not np.isfinite(size):
+            verdict = "no test (no p-value)"
+        elif size > hi:
+            verdict = f"over-rejects: {size:.1%} false rejections at a nominal {alpha:.0%}"
+        elif size < lo:
+            verdict = f"conservative: {size:.1%} at a nominal {alpha:.0%}"
+        else:
+            verdict = "trustworthy: size within the band"
+        if len(alt) and np.isfinite(cover) and cover < clo and not verdict.startswith("over"):
+            verdict += f"; but its interval covers only {cover:.1%}"
+        rec["verdict"] = verdict
+        rec["distance"] = abs(size - alpha) if np.isfinite(size) else np.inf
+        rows.append(rec)
+    if not rows:
+        return pd.DataFrame()
+    out = pd.DataFrame(rows)
+    group = [k for k in keys if k != "estimator"]
+    out["rank"] = out.groupby(group)["distance"].rank(method="min").astype(int)
+    return out.sort_values([*group, "rank"]).drop(columns="distance").reset_index(drop=True)
+
+
 def common_draws(results: pd.DataFrame) -> pd.DataFrame:
     """The rows of draws (cell, replicate, outcome) in which every estimator succeeded."""
     head = results[results["role"] == "headline"]
@@ -308,6 +363,31 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
             "trends in a design like this one (for Callaway-Sant'Anna, `pretest=sidak` is the "
             "test with the right size for small cohorts; R did's Wald test is "
             "`pretest=wald`).\n\n" + report.markdown_table(pre_warn) + "\n")
+    verdict = inference_verdict(diag, shown_axes)
+    if len(verdict) > 1:
+        written["inference_verdict"] = verdict
+        report.write_csv(verdict, out / "inference_verdict.csv")
+        print_table("Which inference to trust here (size under the null, coverage under the "
+                    "effect)", verdict[[c for c in ("outcome", "estimator", "rank", "size",
+                                                    "size_band", "coverage", "verdict")
+                                        if c in verdict]])
+        good = verdict[verdict["verdict"].str.startswith("trustworthy")]["estimator"].tolist()
+        bad = verdict[verdict["verdict"].str.startswith("over")]
+        lines = [f"- **Trustworthy in this design**: {', '.join(good) or 'none'}.",
+                 *[f"- **Not trustworthy**: {r.estimator} rejects a true null in "
+                   f"{r.size:.1%} of draws (band {r.size_band})." for r in bad.itertuples()]]
+        sections.append(
+            "## Which inference to trust in this design\n\nSize is the rejection rate of a "
+            "true zero effect; coverage is how often the interval contains the injected "
+            "effect. A method is trustworthy when its size lies inside the 99% binomial band "
+            "around the nominal level over these draws; rank 1 is closest to nominal.\n\n"
+            + "\n".join(lines) + "\n\n" + report.markdown_table(verdict) + "\n")
+        if cfg.experiment.figures:
+            p = report.inference_figure(verdict, out / "figures" / "inference_verdict.png",
+                                        alpha=float(diag["alpha"].iloc[0]) if "alpha" in diag
+                                        else 0.05)
+            written["inference_figure"] = p
+            sections.append(f"![inference](figures/{p.name})\n")
     qtab = quantile_comparison(diag, shown_axes)
     if len(qtab):
         written["quantile_comparison"] = qtab

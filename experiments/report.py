@@ -503,6 +503,42 @@ def sensitivity_figure(table: pd.DataFrame, path: Path, alpha: float = 0.05,
     return save_figure(fig, path)
 
 
+def inference_figure(verdict: pd.DataFrame, path: Path, alpha: float = 0.05) -> Path:
+    """Size under the null and coverage under the effect of each inference method, with
+    +-2 Monte Carlo SE bars and the 99% binomial band around the nominal level shaded."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    outcomes = list(dict.fromkeys(verdict["outcome"]))
+    panels = [("size", "size_band", alpha, "rejection rate of a true null (size)")]
+    if "coverage" in verdict:
+        panels.append(("coverage", "coverage_band", 1 - alpha, "coverage of the interval"))
+    fig, axes = plt.subplots(len(outcomes), len(panels), squeeze=False,
+                             figsize=(5.6 * len(panels), 0.45 * verdict["estimator"].nunique() + 1.8))
+    for i, outcome in enumerate(outcomes):
+        sub = verdict[verdict["outcome"] == outcome].sort_values("rank")
+        y = np.arange(len(sub))[::-1]
+        for j, (col, band, nominal, name) in enumerate(panels):
+            ax = axes[i, j]
+            lo, hi = (float(v) for v in str(sub[band].iloc[0]).split("-")) if sub[band].notna().any() \
+                else (nominal, nominal)
+            ax.axvspan(lo, hi, color="grey", alpha=0.15, lw=0, label="99% band")
+            ax.axvline(nominal, color="black", lw=0.8, ls="--")
+            ok = sub["verdict"].str.startswith("trustworthy").to_numpy()
+            green, red = sns.color_palette("deep")[2], sns.color_palette("deep")[3]
+            colours = [green if k else red for k in ok]
+            ax.errorbar(sub[col], y, xerr=2 * sub[f"{col}_mcse"], fmt="none", ecolor="grey",
+                        capsize=3)
+            ax.scatter(sub[col], y, c=colours, zorder=3, s=40)
+            ax.set_yticks(y)
+            ax.set_yticklabels(sub["estimator"] if j == 0 else [""] * len(sub))
+            ax.set_xlabel(name, fontsize=9)
+            if i == 0:
+                ax.set_title(f"nominal {nominal:.0%}", fontsize=10)
+    fig.suptitle("Which inference to trust (green: size inside the band; red: outside)",
+                 fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def quantile_figure(table: pd.DataFrame, path: Path) -> Path:
     """Effects across quantiles with their bootstrap bands, one colour per estimator, the
     true quantile effects on the treated where the draw has them."""

@@ -107,6 +107,11 @@ class ProvinceDGP:
     # untreated outcome trends by this much per year per SD of baseline log GDP per capita;
     # with pilots selected on GDP, parallel trends fail
     trend_pgdp: float = 0.0
+    # error variance by province size: the outcome's AR(1) error of a province with
+    # baseline population P has SD sigma * (P / geometric mean P)^(-sigma_size / 2), so with
+    # 1 the variance is inversely proportional to population (small provinces are noisy
+    # averages); the setting Ferman and Pinto (2019) correct for. 0: homoskedastic
+    sigma_size: float = 0.0
     # seed 000's outcomes (extra columns, drawn only when on): the share of enterprises
     # doing voluntary clean production and annual mean PM10, SO2, NO2 (mg/m3)
     air_outcomes: bool = False
@@ -130,6 +135,8 @@ class ProvinceDGP:
         for name in ("sigma", "unit_sd", "year_sd"):
             if getattr(self, name) < 0:
                 raise OptionError(f"data.{name}={getattr(self, name)} must be >= 0")
+        if not np.isfinite(self.sigma_size) or self.sigma_size < 0:
+            raise OptionError(f"data.sigma_size={self.sigma_size} must be >= 0")
         if not 0 <= self.factor_corr < 1:
             raise OptionError(f"data.factor_corr={self.factor_corr} must lie in [0, 1)")
 
@@ -304,6 +311,9 @@ def draw_province(
     lam -= lam.mean()
     trend = (dgp.trend_gap * treated_unit[:, None] + dgp.trend_pgdp * z_pgdp[:, None]) * tau
     u = _ar1(rng, (n_units, n_years), dgp.rho, dgp.sigma / np.sqrt(max(1 - dgp.rho**2, 1e-12)))
+    if dgp.sigma_size:  # rescales the same draws: the rest of the draw is unchanged
+        log_pop = logs["lnpeople"][:, 0]
+        u = u * np.exp(-0.5 * dgp.sigma_size * (log_pop - log_pop.mean()))[:, None]
     mix = rng.dirichlet(40 * np.array(list(NON_COAL_MIX.values())), size=n_units)
 
     # --- mediator channels: drawn after everything else, so that they leave the rest of

@@ -376,3 +376,28 @@ def test_figures_use_variable_labels_and_mark_binned_endpoints(province):
     flags = draw._binned(EventStudy("lnce", leads=3, lags=3), times)
     assert flags.tolist() == [True, False, False, False, False, False, True]
     assert not draw._binned(EventStudy("lnce", leads=3, lags=3, bin_endpoints=False), times).any()
+
+
+def test_inference_verdict_reads_size_and_coverage_against_binomial_bands():
+    """The inference lab's verdict: size under the zero effect against the 99% band around
+    alpha, coverage under the injected effect, ranked by distance from nominal."""
+    from experiments.montecarlo_run import binomial_band, inference_verdict
+
+    rows = []
+    for est, size, cover in (("cluster_t", 0.05, 0.95), ("iid", 0.24, 0.76), ("cr2", 0.01, 0.99)):
+        rows += [{"effect": "zero", "outcome": "y", "estimator": est, "role": "headline",
+                  "rejection_is": "size", "rejection": size, "rejection_mcse": 0.01,
+                  "coverage": 1 - size, "coverage_mcse": 0.01, "n_draws": 500, "n_failed": 0,
+                  "alpha": 0.05},
+                 {"effect": "constant", "outcome": "y", "estimator": est, "role": "headline",
+                  "rejection_is": "power", "rejection": 1.0, "rejection_mcse": 0.0,
+                  "coverage": cover, "coverage_mcse": 0.01, "n_draws": 500, "n_failed": 0,
+                  "alpha": 0.05}]
+    v = inference_verdict(pd.DataFrame(rows), ["effect"]).set_index("estimator")
+    lo, hi = binomial_band(0.05, 500)
+    assert v.loc["cluster_t", "size_band"] == f"{lo:.3f}-{hi:.3f}" and lo < 0.05 < hi
+    assert v.loc["cluster_t", "verdict"].startswith("trustworthy")
+    assert v.loc["iid", "verdict"].startswith("over-rejects: 24.0%")
+    assert v.loc["cr2", "verdict"].startswith("conservative")  # 1% < lower band 2.5%
+    assert v.loc["cluster_t", "rank"] == 1 and v.loc["iid", "rank"] == 3
+    assert v.loc["iid", "coverage"] == 0.76

@@ -341,3 +341,25 @@ def test_declarations_name_real_knobs():
     assert "effect.het_cohort" in CityDGP().design_support().honours
     with pytest.raises(ValueError, match="unknown design knobs"):
         DesignSupport("data=x", 10, {"effect.het_gdp": "typo"})
+
+
+def test_sigma_size_scales_the_error_by_population_without_new_draws():
+    """data.sigma_size rescales the outcome's AR(1) error by province population (no new
+    random numbers): with sigma_size = 1 a province's error is the homoskedastic one times
+    s_i = (P_i / geometric mean P)^(-1/2), with 2 times s_i^2, so the two differences from
+    the homoskedastic draw have the ratio s_i + 1 in every year."""
+    import numpy as np
+
+    from simulate.province import ProvinceDGP, draw_province
+
+    draws = [draw_province(np.random.default_rng(3), dgp=ProvinceDGP(sigma_size=k))
+             for k in (0.0, 1.0, 2.0)]
+    assert (draws[0]["lnpgdp"] == draws[1]["lnpgdp"]).all()
+    assert (draws[0]["cohort"] == draws[2]["cohort"]).all()
+    d1 = draws[1]["y0_lnce"] - draws[0]["y0_lnce"]
+    d2 = draws[2]["y0_lnce"] - draws[0]["y0_lnce"]
+    log_pop = draws[0].groupby("unit")["lnpeople"].first()
+    s = np.exp(-0.5 * (log_pop - log_pop.mean()))
+    expected = draws[0]["unit"].map(s + 1)
+    ok = d1.abs() > 1e-9
+    np.testing.assert_allclose((d2 / d1)[ok], expected[ok], rtol=1e-6)
