@@ -11,14 +11,19 @@ differences of the never-treated units' pre-period outcomes; 100 iterations, the
 sparsify step (weights below a quarter of the largest set to zero), then at most 10,000
 iterations, stopping when an iteration lowers the objective by less than ``(1e-5
 sigma)^2``. :func:`fw_batch` runs many such problems at once (placebo and bootstrap
-replications) with each problem's own stopping rule, so every replication is the solution
-synthdid would compute for it.
+replications, padded to a common shape for the bootstrap's draws of varying size) with
+each problem's own stopping rule, so every replication is the solution synthdid would
+compute for it. The iterations run compiled (numba; ``engine="numba"``, the default) or
+vectorised in numpy (``engine="numpy"``, the reference the compiled loop is tested
+against: same operations in the same order, same iterates and iteration counts).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,18 +38,42 @@ VARIANCES = ("placebo", "bootstrap", "jackknife")
 
 
 # --- Frank-Wolfe, many problems at once ------------------------------------------------------
+#
+# Two engines run the same iterations: "numpy" (the reference: every problem of the batch
+# advanced together by vectorised updates, converged problems dropped from the working set)
+# and "numba" (the default: one compiled loop per problem). Both start from the same
+# precomputed Gram quantities (_fw_prepare) and apply the same floating-point operations in
+# the same order, so their iterates agree to rounding (in practice bit for bit) and they stop
+# at the same iteration; tests/test_synth.py pins one to the other.
 
-def fw_batch(y: np.ndarray, zeta: float, init: np.ndarray, min_decrease: float,
-             max_iter: int, row_mask: np.ndarray | None = None,
-             intercept: bool = True) -> np.ndarray:
-    """synthdid's ``sc.weight.fw`` on a batch of problems.
+FW_ENGINES = ("numba", "numpy")
+#: Engine used when ``engine=None``: "numba" when numba is installed (a runtime dependency),
+#: else "numpy". numba is imported on the first compiled solve, not with didlab.
+FW_ENGINE = "numba" if importlib.util.find_spec("numba") is not None else "numpy"
 
-    Each problem ``b`` is ``min_x zeta^2 |x|^2 + |A x - b|^2 / N`` over the simplex, with
-    ``[A, b] = y[b]`` (``N x (T + 1)``, columns centred when ``intercept``) and ``N`` its
-    number of valid rows (``row_mask``; padded rows are ignored). Frank-Wolfe with exact
-    line search from ``init``; a problem stops after ``max_iter`` iterations or once an
-    iteration (from the second on) lowers the objective by less than ``min_decrease^2``.
-    """
+
+@dataclass(frozen=True)
+class _FWStart:
+    """Everything an iteration reads, for a batch of ``nb`` problems with ``t0`` columns:
+    ``G = A'A`` (``gram``), ``h = A'b``, ``b'b``, the ridge ``eta = N zeta^2`` per problem,
+    the valid row count ``N`` and column count, and the start ``x`` with ``G x``, ``x'x``,
+    ``h'x``, ``x'G x``."""
+
+    gram: np.ndarray
+    h: np.ndarray
+    bb: np.ndarray
+    eta: np.ndarray
+    n_rows: np.ndarray
+    n_cols: np.ndarray
+    x: np.ndarray
+    gx: np.ndarray
+    xx: np.ndarray
+    hx: np.ndarray
+    xgx: np.ndarray
+
+
+def _fw_prepare(y: np.ndarray, zeta: float, init: np.ndarray, row_mask: np.ndarray | None,
+                intercept: bool, n_cols: np.ndarray | None) -> _FWStart:
     y = np.array(y, dtype=float, copy=True)
     nb, n, tp1 = y.shape
     t0 = tp1 - 1
@@ -56,24 +85,37 @@ def fw_batch(y: np.ndarray, zeta: float, init: np.ndarray, min_decrease: float,
         y = y - (y * m).sum(axis=1, keepdims=True) / n_rows[:, None, None]
     y *= m
     a, b = y[:, :, :t0], y[:, :, t0]
-    # Everything through the Gram matrix G = A'A: a step moves x to (1 - s) x + s e_i, so
-    # G x, x'x, h'x and x'G x are updated in O(T) and O(1) per iteration instead of
-    # recomputing A x in O(N T); converged problems are dropped from the working set
+    x = np.array(init, dtype=float, copy=True)
+    if n_cols is None:
+        n_cols = np.full(nb, t0, dtype=np.int64)
+    else:
+        # padded columns must be zero in A and in the start (they never enter the support)
+        n_cols = np.asarray(n_cols, dtype=np.int64)
+        pad = np.arange(t0)[None, :] >= n_cols[:, None]
+        a = np.where(pad[:, None, :], 0.0, a)
+        x = np.where(pad, 0.0, x)
     gram = np.einsum("bnt,bns->bts", a, a)
     h = np.einsum("bnt,bn->bt", a, b)
-    bb = np.einsum("bn,bn->b", b, b)
-    x_out = np.array(init, dtype=float, copy=True)
-    z2 = zeta ** 2
-    eta_all = n_rows * z2
-    work = np.arange(nb)                 # problems still iterating
-    x = x_out.copy()
     gx = np.einsum("bts,bs->bt", gram, x)
-    g_flat = gram.reshape(nb, -1)
-    diag = np.einsum("btt->bt", gram)
-    xx = np.einsum("bt,bt->b", x, x)
-    hx = np.einsum("bt,bt->b", h, x)
-    xgx = np.einsum("bt,bt->b", x, gx)
-    eta, nr, bbw, hw, dg = eta_all, n_rows, bb, h, diag
+    return _FWStart(gram=gram, h=h, bb=np.einsum("bn,bn->b", b, b), eta=n_rows * zeta ** 2,
+                    n_rows=n_rows, n_cols=n_cols, x=x, gx=gx,
+                    xx=np.einsum("bt,bt->b", x, x), hx=np.einsum("bt,bt->b", h, x),
+                    xgx=np.einsum("bt,bt->b", x, gx))
+
+
+def _fw_numpy(s: _FWStart, z2: float, min_decrease: float, max_iter: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The reference engine: every problem still iterating advanced together."""
+    nb, t0 = s.x.shape
+    x_out = s.x.copy()
+    iters = np.zeros(nb, dtype=np.int64)
+    work = np.arange(nb)                 # problems still iterating
+    x, gx, xx, hx, xgx = s.x.copy(), s.gx, s.xx, s.hx, s.xgx
+    g_flat = s.gram.reshape(nb, -1)
+    diag = np.einsum("btt->bt", s.gram)
+    padded = s.n_cols < t0
+    col_ok = np.arange(t0)[None, :] < s.n_cols[:, None]
+    eta, nr, bbw, hw, dg, okw = s.eta, s.n_rows, s.bb, s.h, diag, col_ok
     cur = np.full(nb, np.nan)
     it = 0
     while it < max_iter and work.size:
@@ -81,6 +123,8 @@ def fw_batch(y: np.ndarray, zeta: float, init: np.ndarray, min_decrease: float,
         k = work.size
         r = np.arange(k)
         half_grad = gx - hw + eta[:, None] * x
+        if padded.any():
+            half_grad = np.where(okw, half_grad, np.inf)
         i = np.argmin(half_grad, axis=1)                      # first minimum, as which.min
         xi, gxi, hgi, hi = x[r, i], gx[r, i], half_grad[r, i], hw[r, i]
         num = -(hgi - (xgx - hx + eta * xx))                  # -half_grad . (e_i - x)
@@ -95,7 +139,8 @@ def fw_batch(y: np.ndarray, zeta: float, init: np.ndarray, min_decrease: float,
         xgx = q * q * xgx + 2 * step * q * gxi + step * step * gii
         x *= q[:, None]
         x[r, i] += step
-        gx = q[:, None] * gx + step[:, None] * g_flat[work[:, None], i[:, None] * t0 + np.arange(t0)]
+        row_i = g_flat[work[:, None], i[:, None] * t0 + np.arange(t0)]    # G[i, :]
+        gx = q[:, None] * gx + step[:, None] * row_i
         val = z2 * xx + (xgx - 2 * hx + bbw) / nr
         if it >= 2:
             go = (cur - val) > min_decrease ** 2
@@ -104,11 +149,114 @@ def fw_batch(y: np.ndarray, zeta: float, init: np.ndarray, min_decrease: float,
         cur = val
         if not go.all():
             x_out[work[~go]] = x[~go]
+            iters[work[~go]] = it
             work, x, gx, xx, hx, xgx, cur = (work[go], x[go], gx[go], xx[go], hx[go],
                                                xgx[go], cur[go])
-            eta, nr, bbw, hw, dg = eta_all[work], n_rows[work], bb[work], h[work], diag[work]
+            eta, nr, bbw, hw, dg, okw = (s.eta[work], s.n_rows[work], s.bb[work], s.h[work],
+                                         diag[work], col_ok[work])
     x_out[work] = x
-    return x_out
+    iters[work] = it
+    return x_out, iters
+
+
+def _fw_loop(gram, h, bb, eta, n_rows, n_cols, x0, gx0, xx0, hx0, xgx0, z2, min_dec2,
+             max_iter):  # pragma: no cover - compiled by numba (the body is run as Python
+    #                      only when numba is missing, and then _fw_numpy is used instead)
+    """The numba engine: each problem on its own, the operations of :func:`_fw_numpy` in
+    the same order (no fastmath: no reassociation, no fused multiply-add)."""
+    nb, t0 = x0.shape
+    x_out = x0.copy()
+    iters = np.zeros(nb, dtype=np.int64)
+    gx = np.empty(t0)
+    for b in range(nb):
+        x = x_out[b]
+        nc = n_cols[b]
+        for j in range(nc):
+            gx[j] = gx0[b, j]
+        xx, hx, xgx = xx0[b], hx0[b], xgx0[b]
+        e, nr, bbb = eta[b], n_rows[b], bb[b]
+        g, hb = gram[b], h[b]
+        cur = np.nan
+        it = 0
+        while it < max_iter:
+            it += 1
+            # argmin of the half gradient, first minimum (which.min)
+            i = 0
+            hgi = (gx[0] - hb[0]) + e * x[0]
+            for j in range(1, nc):
+                v = (gx[j] - hb[j]) + e * x[j]
+                if v < hgi:
+                    hgi = v
+                    i = j
+            xi, gxi, hi, gii = x[i], gx[i], hb[i], g[i, i]
+            num = -(hgi - ((xgx - hx) + e * xx))
+            dxdx = (xx - 2 * xi) + 1.0
+            den = ((gii - 2 * gxi) + xgx) + e * dxdx
+            step = 0.0
+            if dxdx > 0 and den > 0:
+                step = min(max(num / den, 0.0), 1.0)
+            q = 1.0 - step
+            xx = (q * q * xx + 2 * step * q * xi) + step * step
+            hx = q * hx + step * hi
+            xgx = (q * q * xgx + 2 * step * q * gxi) + step * step * gii
+            for j in range(nc):
+                x[j] *= q
+            x[i] += step
+            for j in range(nc):
+                gx[j] = q * gx[j] + step * g[i, j]
+            val = z2 * xx + ((xgx - 2 * hx) + bbb) / nr
+            if it >= 2 and not (cur - val > min_dec2):
+                break
+            cur = val
+        iters[b] = it
+    return x_out, iters
+
+
+@functools.cache
+def _fw_compiled() -> Callable:
+    """:func:`_fw_loop` compiled. ``cache=True`` keeps the machine code in ``__pycache__``:
+    the first call ever compiles it (about 2 s), later processes load it (about 0.5 s)."""
+    import numba
+    return numba.njit(cache=True, nogil=True)(_fw_loop)
+
+
+def fw_batch(y: np.ndarray, zeta: float, init: np.ndarray, min_decrease: float,
+             max_iter: int, row_mask: np.ndarray | None = None,
+             intercept: bool = True, n_cols: np.ndarray | None = None,
+             engine: str | None = None, return_iters: bool = False
+             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """synthdid's ``sc.weight.fw`` on a batch of problems.
+
+    Each problem ``b`` is ``min_x zeta^2 |x|^2 + |A x - b|^2 / N`` over the simplex, with
+    ``[A, b] = y[b]`` (``N x (T + 1)``, columns centred when ``intercept``) and ``N`` its
+    number of valid rows (``row_mask``; padded rows are ignored; ``n_cols[b]``: only the
+    first ``n_cols[b]`` columns of ``A`` are candidates, the rest are padding and stay at
+    zero). Frank-Wolfe with exact line search from ``init``; a problem stops after
+    ``max_iter`` iterations or once an iteration (from the second on) lowers the objective
+    by less than ``min_decrease^2``. Everything runs through the Gram matrix ``G = A'A``: a
+    step moves ``x`` to ``(1 - s) x + s e_i``, so ``G x``, ``x'x``, ``h'x`` and ``x'G x`` are
+    updated in ``O(T)`` and ``O(1)`` per iteration instead of recomputing ``A x``.
+
+    ``engine``: ``"numba"`` (compiled, one problem at a time) or ``"numpy"`` (the
+    reference, vectorised over the batch); ``None`` uses :data:`FW_ENGINE`. Both give the
+    same iterates up to rounding and the same iteration counts. ``return_iters``: also
+    return each problem's number of iterations.
+    """
+    engine = FW_ENGINE if engine is None else engine
+    check_choice("engine", engine, FW_ENGINES)
+    if engine == "numba" and importlib.util.find_spec("numba") is None:
+        raise OptionError("engine='numba' needs numba (pip install numba); accepted "
+                          "without it: 'numpy'")
+    s = _fw_prepare(y, zeta, init, row_mask, intercept, n_cols)
+    if engine == "numpy":
+        x, iters = _fw_numpy(s, zeta ** 2, min_decrease, max_iter)
+    else:
+        # C-contiguous float64 / int64 arguments: one compiled signature, loaded from cache
+        c = np.ascontiguousarray
+        x, iters = _fw_compiled()(c(s.gram), c(s.h), c(s.bb), c(s.eta), c(s.n_rows),
+                                  c(s.n_cols), c(s.x), c(s.gx), c(s.xx), c(s.hx), c(s.xgx),
+                                  float(zeta ** 2), float(min_decrease ** 2), int(max_iter))
+    return (x, iters) if return_iters else x
 
 
 def sparsify(v: np.ndarray) -> np.ndarray:
@@ -146,43 +294,58 @@ def regularisation(y0_pre: np.ndarray, n_treated: int, n_post: int) -> Regularis
                           zeta_lambda=1e-6 * sigma, min_decrease=1e-5 * sigma)
 
 
-def sdid_batch(y: np.ndarray, n0: np.ndarray, n1: int, t0: int, reg: Regularisation,
-               omega0: np.ndarray, lambda0: np.ndarray, row_mask: np.ndarray | None = None
+def sdid_batch(y: np.ndarray, n0: np.ndarray | None, n1: int, t0: int, reg: Regularisation,
+               omega0: np.ndarray, lambda0: np.ndarray, row_mask: np.ndarray | None = None,
+               treated_mask: np.ndarray | None = None, engine: str | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """synthdid_estimate on a batch of ``(N0max + n1) x T`` problems.
 
-    ``y[b]`` holds the controls in its first rows (``row_mask`` marks valid controls,
-    padded rows are ignored) and the ``n1`` treated units in its last rows; ``omega0``,
-    ``lambda0`` are the Frank-Wolfe starting points. Returns ``(omega, lambda, curve)``:
-    weights and ``tau_sc - tau_sc[:T0] lambda`` over every period (the effect curve after
-    ``T0``; synthdid's ``synthdid_effect_curve``).
+    ``y[b]`` holds the controls in its first ``N0max`` rows and the treated units in its
+    last ``n1`` rows (``n0``: each problem's number of controls, checked; ``None`` to skip
+    the check). Problems of different sizes share a batch through padding:
+    ``row_mask[b]`` (``B x N0max``) marks the valid controls, which must come first (the
+    omega problem sees only the first ``n0[b] = row_mask[b].sum()`` of them); padded
+    controls get zero weight. ``treated_mask`` (``B x n1``) likewise marks the treated rows
+    that enter the treated mean. ``omega0`` (``B x N0max``, zero on padding) and ``lambda0``
+    are the Frank-Wolfe starting points; ``engine`` as in :func:`fw_batch`. Returns
+    ``(omega, lambda, curve)``: weights and ``tau_sc - tau_sc[:T0] lambda`` over every
+    period (the effect curve after ``T0``; synthdid's ``synthdid_effect_curve``).
     """
     nb, n, t = y.shape
     nc = n - n1
-    if row_mask is None:
-        row_mask = np.ones((nb, nc), dtype=bool)
-    n0f = row_mask.sum(axis=1)
     yc, yt = y[:, :nc], y[:, nc:]
+    if row_mask is None:
+        n0f = None
+    else:
+        row_mask = np.asarray(row_mask, dtype=bool)
+        n0f = row_mask.sum(axis=1)
+        if (row_mask != (np.arange(nc)[None, :] < n0f[:, None])).any():
+            raise EstimationError("internal: sdid_batch needs the valid controls first")
+        yc = np.where(row_mask[:, :, None], yc, 0.0)
+    if n0 is not None and (np.asarray(n0) != (nc if n0f is None else n0f)).any():
+        raise EstimationError("internal: sdid_batch's n0 disagrees with its control rows")
+    if treated_mask is None:
+        yt_mean = yt.mean(axis=1)
+    else:
+        tm = np.asarray(treated_mask, dtype=float)[:, :, None]
+        yt_mean = (yt * tm).sum(axis=1) / tm.sum(axis=1)
     # collapsed form: controls x (pre, post mean), treated mean row
     post_mean = yc[:, :, t0:].mean(axis=2)
-    tr_pre = yt[:, :, :t0].mean(axis=1)
+    tr_pre = yt_mean[:, :t0]
     # lambda: rows are controls, columns pre periods + the post mean
     ylam = np.concatenate([yc[:, :, :t0], post_mean[:, :, None]], axis=2)
     lam = fw_batch(ylam, reg.zeta_lambda, lambda0, reg.min_decrease,
-                   reg.max_iter_pre_sparsify, row_mask)
+                   reg.max_iter_pre_sparsify, row_mask, engine=engine)
     lam = fw_batch(ylam, reg.zeta_lambda, sparsify(lam), reg.min_decrease, reg.max_iter,
-                   row_mask)
-    # omega: rows are pre periods, columns controls + the treated pre mean. Padded
-    # controls get a column of +inf-free zeros and are kept out by a large gradient:
-    # they are dropped by compacting instead (every problem has n0f valid controls).
-    if not (n0f == n0f[0]).all():
-        raise EstimationError("internal: omega problems of one batch must share N0")
-    k = int(n0f[0])
-    ycv = yc[row_mask].reshape(nb, k, t)
-    yom = np.concatenate([ycv[:, :, :t0], tr_pre[:, None, :]], axis=1).transpose(0, 2, 1)
-    om = fw_batch(yom, reg.zeta_omega, omega0, reg.min_decrease, reg.max_iter_pre_sparsify)
-    om = fw_batch(yom, reg.zeta_omega, sparsify(om), reg.min_decrease, reg.max_iter)
-    tau_sc = yt.mean(axis=1) - np.einsum("bj,bjt->bt", om, ycv)
+                   row_mask, engine=engine)
+    # omega: rows are pre periods, columns controls + the treated pre mean; padded controls
+    # are zero columns outside each problem's candidate set (n_cols)
+    yom = np.concatenate([yc[:, :, :t0], tr_pre[:, None, :]], axis=1).transpose(0, 2, 1)
+    om = fw_batch(yom, reg.zeta_omega, omega0, reg.min_decrease, reg.max_iter_pre_sparsify,
+                  n_cols=n0f, engine=engine)
+    om = fw_batch(yom, reg.zeta_omega, sparsify(om), reg.min_decrease, reg.max_iter,
+                  n_cols=n0f, engine=engine)
+    tau_sc = yt_mean - np.einsum("bj,bjt->bt", om, yc)
     curve = tau_sc - np.einsum("bt,bt->b", tau_sc[:, :t0], lam)[:, None]
     return om, lam, curve
 
@@ -258,15 +421,16 @@ class SyntheticDID:
 
     @staticmethod
     def _cohort(y: np.ndarray, n0: int, t0: int, reg: Regularisation | None = None,
-                omega0: np.ndarray | None = None, lambda0: np.ndarray | None = None
-                ) -> _CohortFit:
+                omega0: np.ndarray | None = None, lambda0: np.ndarray | None = None,
+                engine: str | None = None) -> _CohortFit:
         n1 = y.shape[0] - n0
         t = y.shape[1]
         if reg is None:
             reg = regularisation(y[:n0, :t0], n1, t - t0)
         om0 = np.full((1, n0), 1.0 / n0) if omega0 is None else omega0[None, :]
         la0 = np.full((1, t0), 1.0 / t0) if lambda0 is None else lambda0[None, :]
-        om, lam, curve = sdid_batch(y[None], np.array([n0]), n1, t0, reg, om0, la0)
+        om, lam, curve = sdid_batch(y[None], np.array([n0]), n1, t0, reg, om0, la0,
+                                    engine=engine)
         return _CohortFit(reg, om[0], lam[0], curve[0], t0)
 
     @excluding_always_treated
@@ -318,20 +482,21 @@ class SyntheticDID:
     # -- variance --
 
     def _replicate(self, blocks: Blocks, fits: list[_CohortFit], events: np.ndarray,
-                   ys: list[np.ndarray], n0: np.ndarray, n1: np.ndarray,
-                   masks: list[np.ndarray | None], om0: list[np.ndarray]) -> np.ndarray:
+                   ys: list[np.ndarray], n1: np.ndarray, masks: list[np.ndarray | None],
+                   tmasks: list[np.ndarray | None], om0: list[np.ndarray]) -> np.ndarray:
         """Statistic vectors (ATT, event terms) of a batch of replications: ``ys[g]`` the
-        cohort's ``(B, N0max + n1, T)`` matrices, ``n1[b, g]`` its treated count in draw
-        ``b`` (0: cohort absent, its weight 0)."""
+        cohort's ``(B, N0max + n1max, T)`` matrices (controls first; ``masks[g]`` and
+        ``tmasks[g]`` mark the valid control and treated rows, as in :func:`sdid_batch`),
+        ``n1[b, g]`` its treated count in draw ``b`` (0: cohort absent, its weight 0)."""
         nb = ys[0].shape[0] if ys else 0
         t = blocks.n_periods
         taus = np.zeros((nb, len(fits)))
         curves = []
         for g, (c, f) in enumerate(zip(blocks.cohorts, fits)):
             lam0 = np.tile(f.lam, (nb, 1))
-            _, _, curve = sdid_batch(ys[g], n0, ys[g].shape[1] - masks[g].shape[1]
-                                     if masks[g] is not None else c.n, c.pos, f.reg,
-                                     om0[g], lam0, masks[g])
+            n1_rows = ys[g].shape[1] - om0[g].shape[1]
+            _, _, curve = sdid_batch(ys[g], None, n1_rows, c.pos, f.reg, om0[g], lam0,
+                                     masks[g], tmasks[g])
             curves.append(curve)
             taus[:, g] = curve[:, c.pos:].mean(axis=1)
         cells = n1 * np.array([t - c.pos for c in blocks.cohorts], dtype=float)[None, :]
@@ -372,69 +537,66 @@ class SyntheticDID:
             om0.append(sum_normalize(f.omega[ctrl]))
             masks.append(None)
         n1_draw = np.tile([c.n for c in blocks.cohorts], (b, 1)).astype(float)
-        return self._replicate(blocks, fits, events, ys, np.full(b, n0), n1_draw, masks, om0)
+        return self._replicate(blocks, fits, events, ys, n1_draw, masks, [None] * len(ys),
+                               om0)
 
     def _bootstrap(self, blocks: Blocks, fits: list[_CohortFit], events: np.ndarray,
                    rng: np.random.Generator) -> np.ndarray:
         """Algorithm 2: units drawn with replacement; a draw without a control or without
-        a treated unit is redrawn. Each draw is solved on its own (its shape varies)."""
+        a treated unit is redrawn. The draws differ in their numbers of controls and
+        treated units; they are solved in one padded batch per cohort."""
         if blocks.n_treated < 2:
             raise EstimationError("variance='bootstrap' needs at least two treated units "
                                   "(Arkhangelsky et al. 2021); use variance='placebo'")
         y = blocks.wide.y
         donors = blocks.donors
-        treated = np.concatenate([c.treated for c in blocks.cohorts])
-        units = np.r_[donors, treated]
+        ng = len(blocks.cohorts)
+        units = np.r_[donors, np.concatenate([c.treated for c in blocks.cohorts])]
+        # non-decreasing along units: -1 for the donors, then the cohorts in order, so a
+        # sorted draw lists its controls first and then its treated units cohort by cohort
         cohort_of = np.r_[np.full(donors.size, -1),
-                          np.repeat(np.arange(len(blocks.cohorts)),
-                                    [c.n for c in blocks.cohorts])]
-        pos_in_donors = np.full(blocks.wide.n, -1)
-        pos_in_donors[donors] = np.arange(donors.size)
-        out = np.empty((self.n_boot, 1 + events.size))
-        b = 0
-        while b < self.n_boot:
+                          np.repeat(np.arange(ng), [c.n for c in blocks.cohorts])]
+        kept = []
+        while len(kept) < self.n_boot:        # synthdid's rejection loop, same rng stream
             draw = np.sort(rng.integers(0, units.size, units.size))
             co = cohort_of[draw]
-            ctrl = draw[co < 0]
-            if ctrl.size == 0 or ctrl.size == draw.size:
+            n_ctrl = int(np.sum(co < 0))
+            if n_ctrl == 0 or n_ctrl == draw.size:
                 continue
-            n1 = np.array([[np.sum(co == g) for g in range(len(blocks.cohorts))]], float)
-            ys, om0, masks = [], [], []
-            for g, (c, f) in enumerate(zip(blocks.cohorts, fits)):
-                tr = draw[co == g]
-                if tr.size == 0:   # cohort absent from this draw: weight 0, any treated row
-                    tr = draw[co >= 0][:1]
-                ys.append(y[units[np.r_[ctrl, tr]]][None])
-                om0.append(sum_normalize(f.omega[pos_in_donors[units[ctrl]]])[None])
-                masks.append(None)
-            out[b] = self._replicate_one(blocks, fits, events, ys, ctrl.size, n1, om0)
-            b += 1
-        return out
-
-    def _replicate_one(self, blocks: Blocks, fits: list[_CohortFit], events: np.ndarray,
-                       ys: list[np.ndarray], n0: int, n1: np.ndarray,
-                       om0: list[np.ndarray]) -> np.ndarray:
-        t = blocks.n_periods
-        taus = np.zeros(len(fits))
-        curves = []
+            kept.append(draw)
+        draws = np.array(kept)                                       # (B, U), positions
+        co = cohort_of[draws]
+        b, u = draws.shape
+        col = np.arange(u)[None, :]
+        n0 = (co < 0).sum(axis=1)
+        n1 = np.stack([(co == g).sum(axis=1) for g in range(ng)], axis=1).astype(float)
+        n0max = int(n0.max())
+        mask = col[:, :n0max] < n0[:, None]
+        ctrl = np.where(mask, draws[:, :n0max], 0)
+        yc = np.where(mask[:, :, None], y[units[ctrl]], 0.0)
+        # the fitted omega of the drawn controls, renormalised (synthdid sum_normalize;
+        # uniform over the drawn controls when they all had zero weight)
+        ys, om0, masks, tmasks = [], [], [], []
         for g, (c, f) in enumerate(zip(blocks.cohorts, fits)):
-            k = ys[g].shape[1] - n0
-            _, _, curve = sdid_batch(ys[g], np.array([n0]), k, c.pos, f.reg, om0[g],
-                                     f.lam[None], None)
-            curves.append(curve[0])
-            taus[g] = curve[0, c.pos:].mean()
-        cells = n1[0] * np.array([t - c.pos for c in blocks.cohorts], dtype=float)
-        out = np.empty(1 + events.size)
-        out[0] = cells @ taus / cells.sum()
-        ev = np.zeros(events.size)
-        cnt = np.zeros(events.size)
-        for g, c in enumerate(blocks.cohorts):
-            idx = np.arange(t) - c.pos - events[0]
-            ev[idx] += n1[0, g] * curves[g]
-            cnt[idx] += n1[0, g]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[1:] = np.where(cnt > 0, ev / np.where(cnt > 0, cnt, 1), np.nan)
-        return out
+            w = np.where(mask, f.omega[np.where(mask, ctrl, 0)], 0.0)
+            s = w.sum(axis=1, keepdims=True)
+            om0.append(np.where(s != 0, w / np.where(s != 0, s, 1.0),
+                                mask / n0[:, None]))
+            # this cohort's treated units of each draw; a draw without one keeps its first
+            # treated unit as a placeholder (the cohort's weight in that draw is 0)
+            first = np.argmax(co == g, axis=1)
+            k = n1[:, g].astype(int)
+            absent = k == 0
+            first = np.where(absent, n0, first)
+            k = np.where(absent, 1, k)
+            width = int(k.max())
+            tmask = np.arange(width)[None, :] < k[:, None]
+            tr = draws[np.arange(b)[:, None], np.minimum(first[:, None] + np.arange(width),
+                                                         u - 1)]
+            ys.append(np.concatenate([yc, y[units[tr]]], axis=1))
+            masks.append(mask)
+            tmasks.append(tmask)
+        return self._replicate(blocks, fits, events, ys, n1, masks, tmasks, om0)
 
     def _jackknife(self, blocks: Blocks, fits: list[_CohortFit], events: np.ndarray,
                    coef_ev: np.ndarray) -> np.ndarray:
@@ -524,5 +686,5 @@ class SyntheticDID:
         )
 
 
-__all__ = ["SyntheticDID", "fw_batch", "regularisation", "sdid_batch", "sparsify",
-           "sum_normalize"]
+__all__ = ["FW_ENGINE", "FW_ENGINES", "SyntheticDID", "fw_batch", "regularisation",
+           "sdid_batch", "sparsify", "sum_normalize"]
