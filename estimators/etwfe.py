@@ -42,17 +42,18 @@ cohort size) and ``ATT_calendar`` (mean over periods) follow R ``did::aggte``, a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import special
 
 from .design import FEArrays, codes_of, event_time, fe_arrays
 from .fe import Dof, cluster_scores, reference_df, ssc_factor, _identified
 from .panel import (COHORT, D, TIME, UNIT, EstimationError, OptionError, PanelError,
                     check_choice, check_panel, excluding_always_treated)
 from .regression import InferenceOptions, fit_fe
-from .result import Estimate, critical_value, p_value, terms_frame
+from .result import Estimate, critical_value, terms_frame
 
 #: comparison groups (R did's spelling): not-yet-treated is etwfe's default ("notyet")
 CONTROL_GROUPS = ("notyettreated", "nevertreated")
@@ -347,6 +348,9 @@ class ETWFE(InferenceOptions):
         p = x.shape[1]
         bread = np.linalg.inv(x.T @ (x * mu[:, None]))
         scores = x * (y - mu)[:, None]
+        # every parameter (dummies included) is a coefficient here, so the small-sample K
+        # is p: a Dof with a single nested "unit" and "period" gives k_stata = k_full = p,
+        # fixest's count for etwfe(..., family = "poisson", fe = "none")
         dof = Dof(n_obs=n, k=p - 1, n_units=1, n_periods=1, n_clusters=n_cl,
                   unit_nested=True, time_nested=True)
         if self.se == "cluster":
@@ -356,12 +360,9 @@ class ETWFE(InferenceOptions):
         cov = ssc_factor(self.se, self.ssc, dof) * (bread @ (meat_s.T @ meat_s) @ bread)
         df = reference_df(self.se, self.dist, dof)
         n_units = np.unique(data[UNIT].to_numpy()).size
-        k_cols = cols.shape[1]
-        # per-row pieces of the response-scale effect: eta with and without the treatment
-        eta = x @ theta
-        full_keep = keep
-        return (theta, cov, full_keep, df, (n, n_units, n_cl),
-                {"iterations": float(iters)}, (x, eta, k_cols))
+        # the design and index of every row: the response-scale effects need both
+        return (theta, cov, keep, df, (n, n_units, n_cl), {"iterations": float(iters)},
+                (x, x @ theta))
 
     # --- aggregation -----------------------------------------------------------------------
 
@@ -389,7 +390,7 @@ class ETWFE(InferenceOptions):
             tau = grad @ coef
             jac = grad
         else:
-            x, eta, _ = per_row
+            x, eta = per_row
             lin = grad @ coef                     # treatment part of the index
             mu1 = np.exp(eta[rows])
             mu0 = np.exp(eta[rows] - lin)
@@ -462,7 +463,6 @@ class ETWFE(InferenceOptions):
             v = vc[np.ix_(pre, pre)]
             b = est[pre]
             stat = float(b @ np.linalg.solve(v, b)) / len(pre)
-            from scipy import special
             diagnostics["pretrend_F"] = stat
             diagnostics["pretrend_df1"] = float(len(pre))
             diagnostics["pretrend_p"] = float(
