@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from scipy import special
 
 from estimators.design import codes_of
-from estimators.panel import COHORT, D, TIME, UNIT, EstimationError, PanelError, validate_panel
+from estimators.panel import COHORT, D, TIME, UNIT, EstimationError, OptionError, PanelError, validate_panel
 from .files import write_text
 from simulate.calibrated import CalibratedDGP
 
@@ -198,28 +198,57 @@ def load_calibration(path: str | Path) -> dict[str, Any]:
 
 # --- the semi-synthetic placebo -------------------------------------------------------------
 
-def fake_pilots(panel: pd.DataFrame, outcome: str, rng: np.random.Generator) -> pd.DataFrame:
+def fake_pilots(panel: pd.DataFrame, outcome: str, rng: np.random.Generator,
+                effect: float = 0.0, selection: str | None = None,
+                strength: float = 2.0) -> pd.DataFrame:
     """Bertrand-Duflo-Mullainathan placebo: the never-treated units' real outcomes with the
-    data's cohort sizes given to random units among them. The truth is zero."""
+    data's cohort sizes given to units among them.
+
+    The fake pilots are drawn uniformly, or, with ``selection``, with probability rising
+    in ``exp(strength * z)`` for ``z`` the standardised first-period value of that column
+    (as pilots chosen on observables). ``effect`` is added to the outcome of their treated
+    cells and recorded as the truth (``te_<outcome>``); with 0 the truth is zero and every
+    rejection is false.
+    """
     cohort_u = panel.groupby(UNIT)[COHORT].first()
     never = cohort_u.index[cohort_u == 0].to_numpy()
     sizes = cohort_u[cohort_u > 0].to_numpy()
     if never.size <= sizes.size:
         raise EstimationError("the placebo needs more never-treated units than treated ones")
     data = panel[panel[UNIT].isin(never)].copy()
-    chosen = rng.choice(never, size=sizes.size, replace=False)
+    if selection is None:
+        chosen = rng.choice(never, size=sizes.size, replace=False)
+    else:
+        from simulate.design import pick_pilots
+
+        first = data.sort_values(TIME).groupby(UNIT)[selection].first().reindex(never)
+        z = ((first - first.mean()) / (first.std() or 1.0)).to_numpy(float)
+        chosen = never[pick_pilots(z, sizes.size, strength, rng)]
     mapping = dict(zip(chosen, rng.permutation(sizes)))
     data[COHORT] = data[UNIT].map(mapping).fillna(0).astype(np.int64)
     data[D] = ((data[COHORT] > 0) & (data[TIME] >= data[COHORT])).astype(np.int8)
-    data[f"te_{outcome}"] = 0.0
+    te = effect * data[D].to_numpy(float)
+    data[outcome] = data[outcome].to_numpy(float) + te
+    data[f"te_{outcome}"] = te
+    data[f"y0_{outcome}"] = data[outcome].to_numpy(float) - te
     return data
 
 
-def bdm_draw(panel: pd.DataFrame, outcome: str, rng: np.random.Generator) -> pd.DataFrame:
-    return fake_pilots(panel, outcome, rng)
+def bdm_draw(panel: pd.DataFrame, outcome: str, rng: np.random.Generator,
+             effect: float = 0.0, selection: str | None = None,
+             strength: float = 2.0) -> pd.DataFrame:
+    return fake_pilots(panel, outcome, rng, effect, selection, strength)
 
 
-def placebo_design(panel: pd.DataFrame, outcome: str, estimators: dict) -> Any:
+def placebo_design(panel: pd.DataFrame, outcome: str, estimators: dict, effect: float = 0.0,
+                   selection: str | None = None, strength: float = 2.0,
+                   cell: str = "bdm_placebo") -> Any:
+    """The semi-synthetic placebo as a Monte Carlo design (one cell)."""
     from .montecarlo import Design
 
-    return Design(functools.partial(bdm_draw, panel, outcome), estimators, cell="bdm_placebo")
+    if selection is not None and selection not in panel:
+        raise OptionError(f"experiment.bdm.selection={selection!r} is not a column of the "
+                          f"panel; columns: {list(panel.columns)[:20]}")
+    return Design(functools.partial(bdm_draw, panel, outcome, effect=effect,
+                                    selection=selection, strength=strength),
+                  estimators, cell=cell, axes={"effect": f"{effect:g}"})

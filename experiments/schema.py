@@ -109,6 +109,20 @@ class PlaceboConf:
 
 
 @dataclass
+class BDMConf:
+    """The Bertrand-Duflo-Mullainathan placebo of experiment=calibrate (fake pilots among
+    the file's never-treated units, their real outcomes)."""
+
+    # an effect injected into the fake pilots' treated cells: 0 measures size only, any
+    # other value adds a second cell whose coverage and power are measured against it
+    effect: float = 0.0
+    # draw the fake pilots with probability rising in this column's first-period value
+    # (selection on observables, as the real pilots were chosen); null: uniform
+    selection: Optional[str] = None
+    strength: float = 2.0
+
+
+@dataclass
 class SpecConf:
     """The choices a specification curve crosses (experiment=spec_curve)."""
 
@@ -141,6 +155,30 @@ class SensitivityConf:
 
 
 @dataclass
+class DossierConf:
+    """What experiment=dossier runs around the headline fits (the estimator group's list)."""
+
+    # placebo | spec_curve | sensitivity | calibrate | montecarlo (run in parallel where
+    # independent; a part left out is listed as not run)
+    parts: List[str] = field(default_factory=lambda: ["placebo", "spec_curve", "sensitivity",
+                                                      "calibrate", "montecarlo"])
+    # labels of the event-time estimators given honest sets (empty: every event-time fit;
+    # a long window makes the fixed-length intervals slow)
+    sensitivity_estimators: List[str] = field(default_factory=lambda: ["event_study"])
+    # name -> inference options, tried on every headline estimator whose options accept
+    # them (its check() decides), on the panel and in the Monte Carlo
+    inference: Dict[str, Any] = field(default_factory=dict)
+    # later common treatment dates tried by the specification curve, in periods after the
+    # data's date (single-cohort panels; experiment.spec.treatment_year, if set, wins)
+    date_shifts: List[int] = field(default_factory=lambda: [1, 2])
+    # effect injected in the Monte Carlo's second cell; null: the median ATT estimate
+    # (simulated data: the configured effect)
+    mc_effect: Optional[float] = None
+    alpha: float = 0.05            # level of the verdict's tests
+    spec_share: float = 0.9        # share of specifications that must agree to "survive"
+
+
+@dataclass
 class BackendConf:
     # sequential | loky (all cores on this machine) | dask (a scheduler address, or a
     # LocalCluster started for the run when address is null)
@@ -169,8 +207,10 @@ class ExperimentConf:
     progress: bool = True
     figures: bool = True
     placebo: PlaceboConf = field(default_factory=PlaceboConf)
+    bdm: BDMConf = field(default_factory=BDMConf)
     spec: SpecConf = field(default_factory=SpecConf)
     sensitivity: SensitivityConf = field(default_factory=SensitivityConf)
+    dossier: DossierConf = field(default_factory=DossierConf)
 
 
 @dataclass

@@ -85,3 +85,36 @@ def test_calibrate_experiment_on_the_example(tmp_path):
     diag = out["placebo"]
     assert set(diag["estimator"]) == {"twfe", "twfe_controls", "event_study"}
     assert (diag["rejection_is"] == "size").all() and (diag["n_draws"] == 20).all()
+
+
+def test_fake_pilots_with_an_injected_effect_and_selection_on_observables(province):
+    """experiment.bdm.effect adds the effect to the fake pilots' treated cells and records
+    it as the truth; experiment.bdm.selection draws them with probability rising in a
+    column's first-period value (here: richer provinces far more often than uniform)."""
+    plain = fake_pilots(province, "lnce", np.random.default_rng(0))
+    hit = fake_pilots(province, "lnce", np.random.default_rng(0), effect=-0.1)
+    treated = hit["d"] == 1
+    assert np.allclose(hit["lnce"] - plain["lnce"], -0.1 * treated)
+    assert np.allclose(hit["te_lnce"], -0.1 * treated)
+    assert np.allclose(hit["y0_lnce"], plain["lnce"])
+    first = province[province["cohort"] == 0].sort_values("time").groupby("unit")["lnpgdp"].first()
+    share_rich = []
+    for seed in range(200):
+        sel = fake_pilots(province, "lnce", np.random.default_rng(seed), selection="lnpgdp",
+                          strength=3.0)
+        pilots = sel.loc[sel["cohort"] > 0, "unit"].unique()
+        share_rich.append(np.mean(first.loc[pilots] > first.median()))
+    assert np.mean(share_rich) > 0.75  # uniform draws would give 0.5
+
+
+def test_calibrate_reports_coverage_horizons_and_a_verdict(tmp_path):
+    cfg = compose(["data=example", "experiment=calibrate", "experiment.outcomes=[lnce]",
+                   "experiment.n_reps=12", "backend=sequential", "experiment.figures=false",
+                   "estimator=[twfe,twfe_cr2,event_study]", "experiment.bdm.effect=-0.1",
+                   f"experiment.store={tmp_path / 's'}"])
+    out = run(cfg, tmp_path / "run")
+    v = out["verdict"].set_index("estimator")
+    assert set(v.index) == {"twfe", "twfe_cr2", "event_study"}
+    assert v["coverage"].notna().all() and v["size"].notna().all()
+    assert (tmp_path / "run" / "placebo_by_horizon.csv").exists()
+    assert {-2, 0}.issubset(set(out["horizons"]["event_time"]))
