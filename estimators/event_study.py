@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import special
 
 from .design import event_time, fe_arrays
-from .panel import excluding_always_treated, EstimationError, OptionError, check_panel
+from .panel import excluding_always_treated, EstimationError, OptionError, check_choice, check_panel
 from .result import Estimate
 from .regression import ALL_SE, CR2_DISTS, InferenceOptions, fit_fe
 
@@ -74,6 +74,15 @@ class EventStudy(InferenceOptions):
         event-time rows stay analytic). The few-treated intervals (Conley-Taber,
         Ferman-Pinto) apply to TWFE's single coefficient only.
 
+    pretest
+        The pre-test of parallel trends reported as ``pretrend_p``: ``"wald"`` (default,
+        below) or ``"sidak"``: the largest pre-period ``|t|`` with Sidak's adjustment
+        ``1 - (1 - p_min)^q``, using each term's own p-value (so its inference options).
+        With few treated clusters the Wald test's covariance is too noisy: in
+        ``experiment=size`` (6 pilots of 30) it rejects 25% of draws where parallel trends
+        hold; ``se="cr2", dist="satterthwaite", pretest="sidak"`` rejects 5.5%. Both
+        p-values are in ``diagnostics`` (``pretrend_wald_p``, ``pretrend_sidak_p``).
+
     Notes
     -----
     Headline ``ATT_post`` is the equally weighted mean of the post-period coefficients
@@ -91,6 +100,7 @@ class EventStudy(InferenceOptions):
     ref: int = -1
     bin_endpoints: bool = True
     weights: str | None = None
+    pretest: str = "wald"
     label: str = "event_study"
 
     SE_CHOICES: ClassVar[tuple[str, ...]] = ALL_SE
@@ -104,6 +114,7 @@ class EventStudy(InferenceOptions):
                 raise OptionError(f"{name}={v!r} must be a non-negative integer or None")
         if self.ref >= 0:
             raise OptionError(f"ref={self.ref} must be a pre-treatment event time (negative)")
+        check_choice("pretest", self.pretest, ("wald", "sidak"))
         if self.leads is not None and self.ref < -self.leads:
             raise OptionError(f"ref={self.ref} lies outside the event window "
                               f"[-{self.leads}, {self.lags}]")
@@ -199,7 +210,12 @@ class EventStudy(InferenceOptions):
                 p = float(special.chdtrc(q, wald * q))
             else:
                 p = float(special.fdtrc(q, res.df, wald))
-            diagnostics.update({"pretrend_F": wald, "pretrend_p": p, "pretrend_df1": float(q)})
+            pre_p = terms.set_index("term").loc[pre, "p_value"].to_numpy(float)
+            p_min = float(np.nanmin(pre_p)) if np.isfinite(pre_p).any() else float("nan")
+            sidak = float(-np.expm1(q * np.log1p(-p_min))) if p_min < 1 else 1.0
+            diagnostics.update({"pretrend_F": wald, "pretrend_wald_p": p,
+                                "pretrend_sidak_p": sidak, "pretrend_df1": float(q),
+                                "pretrend_p": p if self.pretest == "wald" else sidak})
         else:
             notes.append("no pre-period coefficient: the pre-trend test is not available")
         ev_ids = [n for n in ev_names if n in ids]

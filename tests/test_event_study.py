@@ -135,3 +135,21 @@ def test_weighted_sun_abraham_equals_weighted_cells(staggered):
             wsum = staggered.loc[m, "people"].sum()
             num, den = num + coef * wsum, den + wsum
     assert e.estimate == pytest.approx(num / den, rel=1e-10)
+
+
+def test_sidak_pretest_over_the_pre_terms(province):
+    """pretest="sidak": 1 - (1 - p_min)^q over the pre-period terms' own p-values; the Wald
+    test stays in the diagnostics either way."""
+    from estimators.event_study import EventStudy
+
+    e = EventStudy("lnce", leads=4, lags=3, se="cr2", dist="satterthwaite",
+                   pretest="sidak").fit(province)
+    pre = e.terms[e.terms["event_time"] < -1]
+    q = len(pre)
+    assert q == e.diagnostics["pretrend_df1"] == 3
+    assert e.diagnostics["pretrend_p"] == pytest.approx(1 - (1 - pre["p_value"].min()) ** q,
+                                                        rel=1e-12)
+    wald = EventStudy("lnce", leads=4, lags=3, se="cr2", dist="satterthwaite").fit(province)
+    assert wald.diagnostics["pretrend_p"] == e.diagnostics["pretrend_wald_p"]
+    with pytest.raises(Exception, match="pretest"):
+        EventStudy("lnce", pretest="joint").check()

@@ -33,12 +33,15 @@ def _fit(est, panel):
 
 # --- 1. always-treated units ----------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", [k for k in catalog.kinds()
-                                  if k not in ("oaxaca", "changes_in_changes")])
+@pytest.mark.parametrize("kind", [e.kind for e in catalog.entries()
+                                  if e.kind not in ("oaxaca", "changes_in_changes")
+                                  and not e.capabilities.switching])
 def test_always_treated_units_are_excluded_with_a_note(stag, kind):
     """Four never-treated provinces made treated from the first year: every estimator gives
     exactly its answer on the panel without them, and says how many it excluded. (Oaxaca is
-    descriptive -- pilots against the rest -- and changes-in-changes needs one date.)"""
+    descriptive -- pilots against the rest -- and changes-in-changes needs one date;
+    estimators of switching treatment (dCDH) use units treated from the start as the
+    comparisons of units that switch off, and are tested in tests/test_dcdh.py.)"""
     never = sorted(stag.loc[stag["cohort"] == 0, "unit"].unique())[:4]
     always = stag.copy()
     always.loc[always["unit"].isin(never), ["cohort", "d"]] = [2000, 1]
