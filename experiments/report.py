@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -106,7 +107,11 @@ def event_study_figure(terms: pd.DataFrame, path: Path, title: str) -> Path:
     sns.set_theme(style="whitegrid", context="notebook")
     outcomes = list(dict.fromkeys(terms["outcome"]))
     wide = terms["estimator"].nunique() > 2
-    fig, axes = plt.subplots(1, len(outcomes), figsize=((8.5 if wide else 5.2) * len(outcomes), 4.2),
+    # room for every estimator's interval at every event time: many estimators over a long
+    # window get a wider panel instead of overlapping bars
+    span = terms["event_time"].nunique() * terms["estimator"].nunique()
+    width = min(22.0, max(8.5 if wide else 5.2, 5.0 + 0.055 * span))
+    fig, axes = plt.subplots(1, len(outcomes), figsize=(width * len(outcomes), 4.4),
                              squeeze=False)
     palette = sns.color_palette("deep")
     for ax, outcome in zip(axes[0], outcomes):
@@ -119,27 +124,40 @@ def event_study_figure(terms: pd.DataFrame, path: Path, title: str) -> Path:
                 g = sub[sub["estimator"] == best.idxmax()].sort_values("event_time")
                 ax.plot(g["event_time"], g["truth"], color="black", lw=1.5, ls="--",
                         label="true effect", zorder=5)
+        step = min(0.14, 0.8 / max(n_est, 1))
         for i, (label, g) in enumerate(sub.groupby("estimator", sort=False)):
             g = g.sort_values("event_time")
-            x = g["event_time"].to_numpy() + 0.14 * (i - (n_est - 1) / 2)
+            x = g["event_time"].to_numpy() + step * (i - (n_est - 1) / 2)
             y = g["estimate"].to_numpy()
+            colour = palette[i % len(palette)]
             ax.errorbar(x, y, yerr=[y - g["conf_low"], g["conf_high"] - y], fmt="o",
-                        color=palette[i], capsize=3, ms=5,
+                        color=colour, capsize=2 if n_est > 4 else 3, ms=4 if n_est > 4 else 5,
                         label=f"{label} ({level(g['alpha']) if 'alpha' in g else '95%'} CI)")
+            if "binned" in g and g["binned"].fillna(False).astype(bool).any():
+                b = g["binned"].fillna(False).astype(bool).to_numpy()
+                # a binned endpoint pools every period beyond it: hollow marker
+                ax.plot(x[b], y[b], "o", ms=7, mfc="white", mec=colour, zorder=4)
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(-0.5, color="grey", lw=0.8, ls=":")
-        if "binned" in sub and sub["binned"].fillna(False).astype(bool).any():
-            # binned endpoints pool every period beyond them: say so on the axis
-            ends = sub.loc[sub["binned"].fillna(False).astype(bool), "event_time"].unique()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # event times are whole periods
+        binned_rows = (sub["binned"].fillna(False).astype(bool) if "binned" in sub
+                       else pd.Series(False, index=sub.index))
+        if binned_rows.any():
+            ax.plot([], [], "o", ms=7, mfc="white", mec="grey",
+                    label="hollow: binned endpoint (pools the periods beyond)")
+        lo_all, hi_all = sub["event_time"].min(), sub["event_time"].max()
+        ends_all = sub.loc[binned_rows, "event_time"].unique()
+        # relabel an endpoint tick only where no estimator has event times beyond it
+        if binned_rows.any() and all(e in (lo_all, hi_all) for e in ends_all):
+            ends = ends_all
             ticks = sorted(set(ax.get_xticks().round().astype(int)) | set(ends.astype(int)))
             lo, hi = sub["event_time"].min(), sub["event_time"].max()
             ticks = [t for t in ticks if lo <= t <= hi]
             ax.set_xticks(ticks)
             ax.set_xticklabels([(f"≤{t}" if t < 0 else f"≥{t}") if t in ends else str(t)
                                 for t in ticks])
-            for k, t in enumerate(ends):
-                ax.axvspan(t - 0.4, t + 0.4, color="grey", alpha=0.12, lw=0,
-                           label="binned endpoint" if k == 0 else None)
+            for t in ends:
+                ax.axvspan(t - 0.4, t + 0.4, color="grey", alpha=0.12, lw=0)
         ax.set_xlabel("periods since treatment (reference -1)")
         ax.set_ylabel(f"effect on {var_label(outcome)}")
         ax.set_title(var_label(outcome))
