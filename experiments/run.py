@@ -34,6 +34,7 @@ RUNNERS: dict[str, tuple[str, str]] = {
     "spec_curve": ("spec_curve", "run_spec_curve"),
     "sensitivity": ("sensitivity_run", "run_sensitivity"),
     "calibrate": ("calibrate_run", "run_calibrate"),
+    "dossier": ("dossier", "run_dossier"),
 }
 EXPERIMENT_KINDS = tuple(RUNNERS)
 #: experiments that need a file (the others run on a simulator, or on either)
@@ -161,6 +162,10 @@ def check_experiment(cfg: DictConfig) -> None:
         from .placebo_run import check_options as check_placebo
 
         check_placebo(cfg)
+    if cfg.experiment.kind == "dossier":
+        from .dossier import check_options as check_dossier
+
+        check_dossier(cfg)
     if cfg.experiment.kind == "spec_curve":
         from .spec_curve import specifications
 

@@ -164,7 +164,7 @@ class DossierConf:
                                                       "calibrate", "montecarlo"])
     # labels of the event-time estimators given honest sets (empty: every event-time fit;
     # a long window makes the fixed-length intervals slow)
-    sensitivity_estimators: List[str] = field(default_factory=lambda: ["event_study"])
+    sensitivity_estimators: List[str] = field(default_factory=list)
     # name -> inference options, tried on every headline estimator whose options accept
     # them (its check() decides), on the panel and in the Monte Carlo
     inference: Dict[str, Any] = field(default_factory=dict)
