@@ -82,10 +82,12 @@ def check_options(cfg: DictConfig) -> None:
     if any(int(s) == 0 for s in ds.date_shifts):
         raise OptionError(f"experiment.dossier.date_shifts={list(ds.date_shifts)}: 0 is the "
                           "data's own date, which the curve always has; give non-zero shifts")
+    # (mc_exclude may name estimators not configured: leaving out what is absent is harmless)
     for label in ds.sensitivity_estimators:
         if label not in cfg.estimator:
-            raise OptionError(f"experiment.dossier.sensitivity_estimators lists {label!r}, which "
-                              f"is not a configured estimator; configured: {list(cfg.estimator)}")
+            raise OptionError(f"experiment.dossier.sensitivity_estimators lists {label!r}, "
+                              f"which is not a configured estimator; configured: "
+                              f"{list(cfg.estimator)}")
     estimators = _configured(cfg)
     for method, opts in _inference_options(cfg).items():
         reasons = [why for est in estimators
@@ -269,11 +271,14 @@ def inference_fits(cfg: DictConfig, draw: Any) -> list[Any]:
 
 def is_att(fit: Any) -> bool:
     """Whether a fit's headline is an average effect on the treated (the estimand the verdict
-    compares across estimators): its headline term is an ATT, and it is not a decomposition
-    of another estimator's coefficient (Goodman-Bacon repeats TWFE's)."""
+    compares across estimators): its headline term is an ATT or it aggregates the
+    estimator's event-time effects (dCDH's average total effect), and it is not a
+    decomposition of another estimator's coefficient (Goodman-Bacon repeats TWFE's)."""
     caps = catalog.capabilities(fit.estimator)
-    return (fit.estimate is not None and str(fit.estimate.term).startswith("ATT")
-            and not (caps.comparisons or caps.decomposition))
+    return (fit.estimate is not None
+            and (str(fit.estimate.term).startswith("ATT") or caps.event_time)
+            and not (caps.comparisons or caps.decomposition or caps.quantiles
+                     or caps.subgroups))
 
 
 def mc_cells(cfg: DictConfig, draw: Any, fits: Sequence[Any], folder: Path
@@ -293,8 +298,10 @@ def mc_cells(cfg: DictConfig, draw: Any, fits: Sequence[Any], folder: Path
     from .montecarlo_run import hash_payload
 
     outcome = list(cfg.experiment.outcomes)[0]
+    exclude = set(cfg.experiment.dossier.mc_exclude)
     estimators = {(f.outcome, f.label): f.estimator for f in fits
                   if f.outcome == outcome and f.estimate is not None
+                  and f.label.split("[")[0] not in exclude
                   and not catalog.capabilities(f.estimator).comparisons}
     if not estimators:
         raise EstimationError(f"no estimator succeeded on {outcome}: nothing to simulate")
@@ -322,6 +329,7 @@ def mc_cells(cfg: DictConfig, draw: Any, fits: Sequence[Any], folder: Path
             base.effect.att = float(mc_effect)
         info["simulator"] = f"data={cfg.data.kind} (the configured simulator)"
     info["effect"] = float(base.effect.att)
+    info["excluded"] = ", ".join(sorted(exclude)) or "none"
     cells = []
     for cell, att in ((NULL_CELL, 0.0), (EFFECT_CELL, float(base.effect.att))):
         if cell == EFFECT_CELL and att == 0.0:
@@ -1030,7 +1038,8 @@ def verdict(dossier: Mapping[str, Any]) -> list[dict[str, Any]]:
     return lines
 
 
-def _placebo_lines(t, outcome, sign, alpha, line, parts, missing) -> None:
+def _placebo_lines(t: Mapping[str, pd.DataFrame], outcome: str, sign: float, alpha: float,
+                   line: Callable[..., None], parts: Mapping[str, Any], missing: Callable[[str, str], None]) -> None:
     if parts.get("placebo", {}).get("status") != "ok":
         missing("Placebo tests", "placebo")
         return
@@ -1071,7 +1080,8 @@ def _placebo_lines(t, outcome, sign, alpha, line, parts, missing) -> None:
              high=float(g["estimate"].max()))
 
 
-def _spec_lines(t, outcome, sign, share, line, parts, missing) -> None:
+def _spec_lines(t: Mapping[str, pd.DataFrame], outcome: str, sign: float, share: float, line: Callable[..., None],
+                parts: Mapping[str, Any], missing: Callable[[str, str], None]) -> None:
     if parts.get("spec_curve", {}).get("status") != "ok":
         missing("Specification curve", "spec_curve")
         return
@@ -1102,7 +1112,8 @@ def _spec_lines(t, outcome, sign, share, line, parts, missing) -> None:
                  med=float(worst["median_estimate"]))
 
 
-def _trend_lines(t, outcome, h, alpha, line, parts, missing) -> None:
+def _trend_lines(t: Mapping[str, pd.DataFrame], outcome: str, h: pd.DataFrame, alpha: float,
+                 line: Callable[..., None], parts: Mapping[str, Any], missing: Callable[[str, str], None]) -> None:
     pre = h[h["pretrend_p"].notna()]
     if len(pre):
         rej = int((pre["pretrend_p"] < alpha).sum())
@@ -1146,7 +1157,7 @@ def _trend_lines(t, outcome, h, alpha, line, parts, missing) -> None:
                  bias=float(r["bias_given_pass_at_slope50"]))
 
 
-def _bacon_line(t, line) -> None:
+def _bacon_line(t: Mapping[str, pd.DataFrame], line: Callable[..., None]) -> None:
     s = t.get("bacon_summary")
     if s is None:
         return
@@ -1160,7 +1171,8 @@ def _bacon_line(t, line) -> None:
              b=float(r["twfe"]))
 
 
-def _mc_lines(t, dossier, alpha, line, parts, missing) -> None:
+def _mc_lines(t: Mapping[str, pd.DataFrame], dossier: Mapping[str, Any], alpha: float, line: Callable[..., None],
+              parts: Mapping[str, Any], missing: Callable[[str, str], None]) -> None:
     mc = t.get("montecarlo")
     if mc is None:
         missing("Design: calibrated Monte Carlo", "montecarlo")
@@ -1205,7 +1217,7 @@ def _mc_lines(t, dossier, alpha, line, parts, missing) -> None:
             worst = fails.loc[fails["failure_rate"].idxmax()]
             line("Design: estimators that fail", info.get("outcome"), "caution",
                  f"{{k}} estimator(s) fail in more than 2% of simulated panels; worst "
-                 f"{worst['estimator']} ({{rate}}%: {worst['most_frequent_reason'][:100]})",
+                 f"{worst['estimator']} ({{rate}}%: {worst['most_frequent_reason']})",
                  k=int(fails["estimator"].nunique()), rate=100 * float(worst["failure_rate"]))
     bdm = t.get("bdm")
     if bdm is not None:

@@ -171,6 +171,8 @@ class DossierConf:
     # later common treatment dates tried by the specification curve, in periods after the
     # data's date (single-cohort panels; experiment.spec.treatment_year, if set, wins)
     date_shifts: List[int] = field(default_factory=lambda: [1, 2])
+    # labels left out of the Monte Carlo (slow fits; they stay in every other part)
+    mc_exclude: List[str] = field(default_factory=list)
     # effect injected in the Monte Carlo's second cell; null: the median ATT estimate
     # (simulated data: the configured effect)
     mc_effect: Optional[float] = None
