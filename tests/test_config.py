@@ -92,7 +92,8 @@ def test_single_run_writes_outputs(tmp_path):
     assert head["pretrend_p"].notna().sum() == 2
 
 
-SINGLE_PANEL = {"placebo", "estimate", "spec_curve", "calibrate", "sensitivity"}
+# experiments on one panel (the dossier has its own tests in tests/test_dossier.py)
+SINGLE_PANEL = {"placebo", "estimate", "spec_curve", "calibrate", "sensitivity", "dossier"}
 MONTE_CARLO = [e for e in options("experiment") if e not in SINGLE_PANEL]
 
 
