@@ -6,6 +6,10 @@ Times (median of repeats, wall clock):
    linearmodels ``PanelOLS`` and pyfixest ``feols`` (when installed: ``.[bench]``);
 2. Monte Carlo throughput of the robustness design (draw + TWFE, TWFE with controls, event
    study) on 1 and 2 workers, beside the same three fits done with linearmodels in a loop.
+3. stacked DID, two-stage DID, extended TWFE, dCDH, synthetic control and synthetic DID
+   on 30x19, 282x14 and 20,000x14 panels, each beside every installed peer implementing
+   the same estimator (diff-diff, pyfixest, pysyncon, synthdid), with the point estimates
+   compared; ``--only stacked,sdid`` runs such groups alone.
 
 Speed targets are checked here, never as timed assertions in the test suite.
 """
@@ -379,17 +383,459 @@ def bench_honest() -> list[dict[str, Any]]:
     return rows
 
 
+# --- the estimators of this session beside their peers --------------------------------------
+#
+# Each group times one didlab estimator against every installed peer that implements the same
+# estimator, on the same panel in the same process, and checks that the point estimates agree
+# (a benchmark of different answers would mean nothing). Rows: estimator, panel, didlab_s,
+# peer, peer_s, ratio (= peer_s / didlab_s: above 1, didlab is faster), both estimates, their
+# absolute difference, the tolerance and whether it holds, and a note (what each side
+# computes, why numbers differ, or why a peer is missing, fails or is skipped).
+
+#: a peer or didlab call whose first (warm-up) call takes longer than this is timed once
+_SLOW_S = 10.0
+#: a call estimated to take longer than this is skipped, with the estimate in the note
+_SKIP_S = 60.0
+
+
+class _Skip(Exception):
+    """A call not made because it would take longer than ``_SKIP_S``; the message says
+    why (a projection from a measured time)."""
+
+
+def staggered_panel(n_units: int, n_periods: int, seed: int = 0) -> pd.DataFrame:
+    """Balanced staggered panel: 40% never treated, three cohorts of 20% adopting at
+    ``T//3 + 1``, ``T//2 + 1`` and ``2T//3 + 1`` (periods ``1..T``; ``cohort`` 0 = never),
+    effects that grow with exposure and differ by cohort (so that TWFE would be biased and
+    the heterogeneity-robust estimators have something to do), one covariate ``x``."""
+    rng = np.random.default_rng(seed)
+    t_max = n_periods
+    cohorts = np.array([0, t_max // 3 + 1, t_max // 2 + 1, 2 * t_max // 3 + 1])
+    unit = np.repeat(np.arange(n_units), t_max)
+    t = np.tile(np.arange(1, t_max + 1), n_units)
+    cohort = rng.choice(cohorts, size=n_units, p=[0.4, 0.2, 0.2, 0.2])[unit]
+    d = ((cohort > 0) & (t >= cohort)).astype(np.int8)
+    x = rng.standard_normal(unit.size)
+    tau = np.where(d == 1, -0.3 - 0.05 * (t - cohort) - 0.02 * (cohort - cohorts[1]), 0.0)
+    y = (rng.standard_normal(n_units)[unit] + 0.05 * t + tau + 0.5 * x
+         + rng.standard_normal(unit.size))
+    return pd.DataFrame({"unit": unit, "time": t, "cohort": cohort, "d": d, "y": y, "x": x})
+
+
+def single_treated_panel(n_units: int, n_periods: int, seed: int = 0) -> pd.DataFrame:
+    """:func:`synthetic_panel` with one treated unit (unit 0, from ``T//2``, effect -0.5)
+    and every other unit never treated: the synthetic-control setting."""
+    p = synthetic_panel(n_units, n_periods, seed)
+    p["y"] = p["y"] + 0.3 * p["d"]                 # undo the panel's own effect
+    p["cohort"] = np.where(p["unit"] == 0, n_periods // 2, 0)
+    p["d"] = ((p["cohort"] > 0) & (p["time"] >= p["cohort"])).astype(np.int8)
+    p["y"] = p["y"] - 0.5 * p["d"]
+    return p
+
+
+def _sizes(quick: bool) -> list[tuple[str, int, int]]:
+    big = ("2,000x14 (quick)", 2_000, 14) if quick else ("20,000x14", 20_000, 14)
+    return [("30x19", 30, 19), ("282x14", 282, 14), big]
+
+
+def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any, int]:
+    """(median seconds, result, runs): one warm-up call (numba caches, imports), then
+    ``repeat`` timed calls; a warm-up call over ``_SLOW_S`` is the only timing."""
+    t0 = time.perf_counter()
+    res = fn()
+    first = time.perf_counter() - t0
+    if first > _SLOW_S:
+        return first, res, 1
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        res = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), res, repeat
+
+
+def _quiet(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` with warnings and stdout silenced (peers print progress and beta warnings)."""
+    import contextlib
+    import io
+
+    def run() -> Any:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return fn()
+    return run
+
+
+def _compare(estimator: str, panel: str, ours: tuple[float, float, int],
+             peers: list[tuple[str, Callable[[], float] | str, float, str]],
+             repeat: int, note: str = "") -> list[dict[str, Any]]:
+    """Rows for one didlab timing ``ours = (seconds, estimate, runs)`` beside each peer
+    ``(name, fn or reason-it-did-not-run, tolerance, note)``; ``fn`` returns the peer's
+    point estimate. A peer that raises is reported with its error."""
+    rows = []
+    base = {"estimator": estimator, "panel": panel, "didlab_s": ours[0],
+            "didlab_estimate": ours[1]}
+    if not peers:
+        rows.append({**base, "peer": "(none)", "note": note})
+    for name, fn, tol, peer_note in peers:
+        row: dict[str, Any] = {**base, "peer": name}
+        notes = [n for n in (note, peer_note) if n]
+        if isinstance(fn, str):
+            notes.append(fn)
+        else:
+            try:
+                sec, est, runs = _timed(_quiet(fn), repeat)
+            except _Skip as exc:
+                notes.append(str(exc))
+            except Exception as exc:  # a peer that fails on a size is reported, not hidden
+                notes.append(f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                             if str(exc) else f"fails: {type(exc).__name__}")
+            else:
+                diff = abs(float(est) - ours[1])
+                row.update(peer_s=sec, ratio=sec / ours[0], peer_estimate=float(est),
+                           abs_diff=diff, tol=tol, agree=bool(diff <= tol))
+                if runs == 1:
+                    notes.append("peer timed once (one call > 10 s)")
+        if ours[2] == 1:
+            notes.append("didlab timed once (one call > 10 s)")
+        row["note"] = "; ".join(notes)
+        rows.append(row)
+    return rows
+
+
+def _import(module: str) -> Any:
+    import importlib
+
+    return importlib.import_module(module) if _available(module) else None
+
+
+def _not_installed(name: str) -> str:
+    return f"not installed ({name}; pip install -e '.[bench]')"
+
+
+def bench_stacked(quick: bool) -> list[dict[str, Any]]:
+    """Stacked DID (Wing-Freedman-Hollingsworth corrective weights, window -3..+2,
+    not-yet-treated clean controls, unit-clustered SEs) beside diff-diff ``StackedDiD``
+    (its ``weighting="aggregate"`` is WFH's Q weight; the overall ATT is the mean of the
+    post-period event-time effects, as didlab's headline)."""
+    from estimators.stacked import StackedDID
+
+    dd = _import("diff_diff")
+    rows = []
+    for name, n, t in _sizes(quick):
+        p = staggered_panel(n, t)
+        est = StackedDID("y")
+        ours = _timed(lambda: est.fit(p).estimate, 5)
+        peers = [("diff-diff StackedDiD",
+                  (lambda: dd.StackedDiD(kappa_pre=3, kappa_post=2, weighting="aggregate")
+                   .fit(p, "y", "unit", "time", "cohort").overall_att)
+                  if dd else _not_installed("diff-diff"), 1e-8, "")]
+        rows += _compare("stacked", name, ours, peers, 5)
+    return rows
+
+
+def bench_did2s(quick: bool) -> list[dict[str, Any]]:
+    """Gardner's two-stage DID (static ATT, GMM-sandwich SEs clustered by unit) beside
+    pyfixest ``did2s`` and diff-diff ``TwoStageDiD``. didlab's one fit also computes the
+    event-time terms with their covariance and the pre-trend Wald test; the peers' calls
+    give the static ATT only."""
+    from estimators.did2s import TwoStageDID
+
+    pf = _import("pyfixest")
+    dd = _import("diff_diff")
+    rows = []
+    for name, n, t in _sizes(quick):
+        p = staggered_panel(n, t)
+        est = TwoStageDID("y")
+        ours = _timed(lambda: est.fit(p).estimate, 5)
+        p64 = p.astype({"d": np.int64})        # pyfixest refuses an int8 treatment column
+        peers = [
+            ("pyfixest did2s",
+             (lambda: float(pf.did2s(p64, yname="y", first_stage="~ 0 | unit + time",
+                                     second_stage="~ d", treatment="d", cluster="unit")
+                            .coef().iloc[0])) if pf else _not_installed("pyfixest"),
+             1e-4, "pyfixest recovers the stage-1 fixed effects iteratively (fixef()): "
+                   "agrees to its tolerance, not to 1e-8"),
+            ("diff-diff TwoStageDiD",
+             (lambda: dd.TwoStageDiD(cluster="unit").fit(p, "y", "unit", "time", "cohort")
+              .overall_att) if dd else _not_installed("diff-diff"), 1e-8, "")]
+        rows += _compare("did2s", name, ours, peers, 5,
+                         "didlab's fit includes the event study and pre-trend test")
+    return rows
+
+
+def _pyfixest_saturated_att(pf: Any, p: pd.DataFrame) -> float:
+    """pyfixest's saturated (cohort x event time, never-treated comparisons) event study,
+    aggregated here to the simple ATT: post-treatment cells weighted by their treated
+    observations, as etwfe's ``emfx(type = "simple")``."""
+    fit = pf.event_study(p, "y", "unit", "time", "cohort", estimator="saturated",
+                         cluster="unit")
+    tidy = fit.tidy()
+    cells = tidy.index.str.extract(r"rel_time::(?P<e>[-\d.]+):first_treated_period::(?P<g>\d+)")
+    e = cells["e"].astype(float).to_numpy()
+    g = cells["g"].astype(int).to_numpy()
+    treated = p[p["d"] == 1]
+    counts = treated.groupby([treated["cohort"], treated["time"] - treated["cohort"]]).size()
+    w = np.array([counts.get((gi, int(ei)), 0) if ei >= 0 else 0 for gi, ei in zip(g, e)],
+                 dtype=float)
+    return float(w @ tidy["Estimate"].to_numpy() / w.sum())
+
+
+def bench_etwfe(quick: bool) -> list[dict[str, Any]]:
+    """Extended TWFE (Wooldridge; linear, unit effects, simple ATT with delta-method SEs)
+    with not-yet-treated comparisons beside diff-diff ``WooldridgeDiD``, and with
+    never-treated comparisons beside diff-diff and pyfixest's saturated event study (its
+    cohort x event-time cells are ETWFE's never-treated cells; aggregated here by treated
+    observations)."""
+    from estimators.etwfe import ETWFE
+
+    pf = _import("pyfixest")
+    dd = _import("diff_diff")
+    rows = []
+    for name, n, t in _sizes(quick):
+        p = staggered_panel(n, t)
+        for cg, dd_cg in (("notyettreated", "not_yet_treated"), ("nevertreated", "never_treated")):
+            est = ETWFE("y", control_group=cg)
+            ours = _timed(lambda: est.fit(p).estimate, 5)
+            peers = [("diff-diff WooldridgeDiD",
+                      (lambda: dd.WooldridgeDiD(control_group=dd_cg, cluster="unit")
+                       .fit(p, "y", "unit", "time", "cohort").overall_att)
+                      if dd else _not_installed("diff-diff"), 1e-8, "")]
+            if cg == "nevertreated":
+                peers.append(("pyfixest event_study(saturated)",
+                               (lambda: _pyfixest_saturated_att(pf, p)) if pf
+                               else _not_installed("pyfixest"), 1e-8,
+                               "cells aggregated in the bench"))
+            rows += _compare(f"etwfe ({cg})", name, ours, peers, 5)
+    return rows
+
+
+def bench_dcdh(quick: bool) -> list[dict[str, Any]]:
+    """de Chaisemartin-D'Haultfoeuille ``DID_1..DID_3``, three placebos and the average
+    total effect (the headline compared) beside diff-diff ``ChaisemartinDHaultfoeuille``
+    (``L_max=3``, its placebos, no TWFE diagnostic)."""
+    from estimators.dcdh import DCDH
+
+    dd = _import("diff_diff")
+    rows = []
+    for name, n, t in _sizes(quick):
+        p = staggered_panel(n, t)
+        est = DCDH("y", effects=3, placebo=3)
+        ours = _timed(lambda: est.fit(p).estimate, 5)
+        peers = [("diff-diff ChaisemartinDHaultfoeuille",
+                  (lambda: dd.ChaisemartinDHaultfoeuille(twfe_diagnostic=False)
+                   .fit(p, "y", "unit", "time", "d", L_max=3).overall_att)
+                  if dd else _not_installed("diff-diff"), 1e-8,
+                  "same Av_tot_eff; SEs differ (didlab is pinned to R DIDmultiplegtDYN)")]
+        rows += _compare("dcdh (3 effects, 3 placebos)", name, ours, peers, 5)
+    return rows
+
+
+def _pysyncon_with_placebos(p: pd.DataFrame, budget: float) -> float:
+    """pysyncon ``Synth`` on the treated unit and on every never-treated unit (placebos
+    against the other never-treated units, didlab's donor pools), one process, with
+    ``V`` = the pre-period outcomes' variances so that pysyncon's standardisation cancels
+    and ``W`` minimises the plain pre-period MSPE (didlab's ``predictors="outcomes"``).
+    Raises :class:`_Skip` with the projected time when the whole set would exceed
+    ``budget`` seconds."""
+    from pysyncon import Synth
+
+    wide = p.pivot(index="time", columns="unit", values="y")
+    t0 = int(p.loc[p["cohort"] > 0, "cohort"].iloc[0])
+    pre = wide.index < t0
+
+    def gap(treated: Any, donors: pd.DataFrame) -> float:
+        z1, z0 = wide[treated], donors
+        x1, x0 = z1[pre], z0[pre]
+        v = pd.concat([x0, x1], axis=1).var(axis=1).to_numpy()
+        s = Synth()
+        s.fit(X0=x0, X1=x1, Z0=z0, Z1=z1, custom_V=v)
+        return float((z1[~pre] - z0[~pre].to_numpy() @ s.W).mean())
+
+    def n_fits(c: pd.DataFrame) -> int:
+        return c.shape[1] + 1
+
+    controls = wide.drop(columns=0)
+    if controls.shape[1] > 500:   # SLSQP is cubic in the donors: one fit on 1,999 took 200 s
+        raise _Skip(f"skipped: SLSQP on {controls.shape[1]} donors, {n_fits(controls)} "
+                           f"fits (one fit on 1,999 donors took ~200 s here)")
+    start = time.perf_counter()
+    att = gap(0, controls)
+    one = time.perf_counter() - start
+    if one * n_fits(controls) > budget:
+        raise _Skip(f"skipped: one fit {one:.2g} s x {n_fits(controls)} fits "
+                           f"~ {one * n_fits(controls):.0f} s > {budget:.0f} s")
+    for c in controls.columns:
+        gap(c, controls.drop(columns=c))
+    return att
+
+
+def bench_synth(quick: bool) -> list[dict[str, Any]]:
+    """Synthetic control (every pre-period outcome a predictor, so ``W`` minimises the
+    pre-period MSPE) with its in-space placebos, one treated unit, beside pysyncon
+    ``Synth`` (the same ``W`` through a custom ``V``; SLSQP) with the same placebos in a
+    loop, and diff-diff ``SyntheticControl`` (``custom_v`` ones on unstandardised
+    pre-period outcomes; exact NNLS) with its ``in_space_placebo()``."""
+    from estimators.synth import SyntheticControl
+
+    pysyncon = _import("pysyncon")
+    dd = _import("diff_diff")
+    rows = []
+    for name, n, t in _sizes(quick):
+        if n > 10_000:
+            rows.append({"estimator": "synthetic control (+ in-space placebos)",
+                         "panel": name, "peer": "(all)",
+                         "note": f"skipped for didlab and peers: {n} placebo fits on "
+                                 f"{n - 1} donors each, far beyond {_SKIP_S:.0f} s "
+                                 "(one treated unit; a synthetic control is a few-donor "
+                                 "method)"})
+            continue
+        p = single_treated_panel(n, t)
+        est = SyntheticControl("y")
+        fit = est.fit(p)
+        ours = _timed(lambda: est.fit(p).estimate, 3)
+
+        def dd_fit() -> float:
+            r = dd.SyntheticControl(v_method="custom", custom_v=np.ones(t // 2),
+                                    standardize="none").fit(p, "y", "d", "unit", "time",
+                                                            pre_period_outcomes="all")
+            r.in_space_placebo()
+            return r.att
+
+        peers = [
+            ("pysyncon Synth (loop)",
+             (lambda: _pysyncon_with_placebos(p, _SKIP_S)) if pysyncon
+             else _not_installed("pysyncon"), 1e-4,
+             "SLSQP's tolerance bounds the agreement"),
+            ("diff-diff SyntheticControl",
+             dd_fit if dd else _not_installed("diff-diff"), 1e-6,
+             f"placebo p differs by design (its placebos keep the treated unit among the "
+             f"donors; didlab's, as SCtools, do not); didlab p = {fit.p_value:.3g}")]
+        rows += _compare("synthetic control (+ in-space placebos)", name, ours, peers, 3)
+    return rows
+
+
+def _sdid_commit() -> str:
+    """The commit of ``estimators/sdid.py`` being measured (and whether the working tree
+    differs from it), for the record: the module is being optimised."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        h = subprocess.run(["git", "log", "-1", "--format=%h", "--", "estimators/sdid.py"],
+                           cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "--", "estimators/sdid.py"],
+                               cwd=root, timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{h}{' + uncommitted changes' if dirty else ''}"
+
+
+def bench_sdid(quick: bool) -> list[dict[str, Any]]:
+    """Synthetic DID (one cohort, a fifth of units treated from mid-sample) with placebo
+    SEs (200 draws) and with jackknife SEs, beside diff-diff ``SyntheticDiD`` (same
+    variance method and draws) and the ``synthdid`` pip package (not in the ``bench``
+    extra: it pins numpy 1.23 / pandas 1.5; tried when installed). The point estimates
+    must agree; placebo SEs differ by their random draws, jackknife SEs are deterministic
+    and compared in the note."""
+    from estimators.sdid import SyntheticDID
+
+    dd = _import("diff_diff")
+    has_synthdid = _available("synthdid")
+    commit = _sdid_commit()
+    rows = []
+    for name, n, t in _sizes(quick):
+        p = synthetic_panel(n, t)
+        p["treated"] = (p["cohort"] > 0).astype(int)
+        post = list(range(t // 2, t))
+        for variance in ("placebo", "jackknife"):
+            if variance == "placebo" and n > 10_000:
+                rows.append({"estimator": "sdid (placebo SE)", "panel": name, "peer": "(all)",
+                             "note": f"skipped for didlab and diff-diff: 200 draws each "
+                                     f"refitting Frank-Wolfe on ~{int(0.8 * n)} controls; at "
+                                     f"2,000 units didlab took 12 s and diff-diff 19 s, "
+                                     f"so well over {_SKIP_S:.0f} s here"})
+                continue
+            est = SyntheticDID("y", variance=variance, n_boot=200)
+            fit = est.fit(p, rng=np.random.default_rng(0))
+            ours = _timed(lambda: est.fit(p, rng=np.random.default_rng(0)).estimate, 3)
+            dd_se: dict[str, float] = {}
+
+            def dd_fit() -> float:
+                r = dd.SyntheticDiD(variance_method=variance, n_bootstrap=200, seed=0).fit(
+                    p, "y", "treated", "unit", "time", post_periods=post)
+                dd_se["se"] = r.se
+                return r.att
+
+            def synthdid_fit() -> float:
+                from synthdid.synthdid import Synthdid
+
+                s = Synthdid(p, "unit", "time", "d", "y").fit()
+                s.vcov(method=variance)   # its placebo runs 50 draws whatever n_reps says
+                return float(s.att)
+
+            peers = [("diff-diff SyntheticDiD", dd_fit if dd else _not_installed("diff-diff"),
+                      1e-8, ""),
+                     ("synthdid (pip)", synthdid_fit if has_synthdid else
+                      "not installed (pip install --no-deps synthdid; not in the bench "
+                      "extra: it pins numpy 1.23 / pandas 1.5)", 1e-8, "")]
+            new = _compare(f"sdid ({variance} SE)", name, ours, peers, 3,
+                           f"sdid.py at {commit}")
+            if "se" in dd_se:
+                new[0]["note"] += (f"; SE didlab {fit.std_error:.4g} vs diff-diff "
+                                   f"{dd_se['se']:.4g}")
+            rows += new
+    return rows
+
+
+#: the groups of this session's estimators, in the order they run
+NEW_GROUPS: dict[str, tuple[Callable[[bool], list[dict[str, Any]]], str]] = {
+    "stacked": (bench_stacked, "Stacked DID (WFH corrective weights)"),
+    "did2s": (bench_did2s, "Two-stage DID (Gardner)"),
+    "etwfe": (bench_etwfe, "Extended TWFE (Wooldridge)"),
+    "dcdh": (bench_dcdh, "de Chaisemartin-D'Haultfoeuille"),
+    "synth": (bench_synth, "Synthetic control with in-space placebos"),
+    "sdid": (bench_sdid, "Synthetic DID"),
+}
+
+_NEW_COLUMNS = ["estimator", "panel", "didlab_s", "peer", "peer_s", "ratio", "didlab_estimate",
+                "peer_estimate", "abs_diff", "tol", "agree", "note"]
+
+
+def run_new_groups(names: list[str], quick: bool, results: dict[str, Any]) -> None:
+    """Run the named groups of :data:`NEW_GROUPS`, print their tables and store the rows."""
+    with pd.option_context("display.max_colwidth", 200, "display.width", 250):
+        for key in names:
+            fn, title = NEW_GROUPS[key]
+            load = os.getloadavg()
+            rows = fn(quick)
+            results[key] = {"load_before": load, "load_after": os.getloadavg(), "rows": rows}
+            print(f"\n{title} (ratio = peer_s / didlab_s; load {load[0]:.2f})")
+            table = pd.DataFrame(rows).reindex(columns=_NEW_COLUMNS)
+            print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="didlab-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller panels and fewer draws")
     parser.add_argument("--reps", type=int, default=2000, help="Monte Carlo replicates")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--out", default="outputs/bench", help="folder for bench.json")
+    parser.add_argument("--only", default="",
+                        help=f"comma-separated groups of {sorted(NEW_GROUPS)} to run alone")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}}
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}}
     pd.set_option("display.width", 160)
+    if args.only:
+        unknown = sorted(set(args.only.split(",")) - set(NEW_GROUPS))
+        if unknown:
+            parser.error(f"--only {unknown}: accepted groups are {sorted(NEW_GROUPS)}")
+        run_new_groups(args.only.split(","), args.quick, results)
+        (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
+        print(f"\nwritten {out / 'bench.json'}")
+        return
     twfe = bench_twfe(args.quick)
     results["twfe"] = twfe
     print("\nOne TWFE fit, unit-clustered SEs (median wall time)")
@@ -413,6 +859,7 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = rows
         print(f"\n{title}")
         print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    run_new_groups(list(NEW_GROUPS), args.quick, results)
     for extra in EXTRA_BENCHES:
         name, rows = extra(args)
         results[name] = rows
@@ -422,9 +869,6 @@ def main(argv: list[str] | None = None) -> None:
 
 #: further benchmarks registered by later modules: callables ``args -> (name, rows)``
 EXTRA_BENCHES: list[Callable[[argparse.Namespace], tuple[str, Any]]] = []
-
-if __name__ == "__main__":
-    main()
 
 
 # --- imputation on large panels: time and peak memory, each in a fresh process -------------
@@ -490,3 +934,7 @@ def _available(module: str) -> bool:
 
 
 EXTRA_BENCHES.append(bench_imputation)
+
+
+if __name__ == "__main__":
+    main()
