@@ -782,7 +782,7 @@ def bench_sdid(quick: bool) -> list[dict[str, Any]]:
                      ("synthdid (pip)", synthdid_fit if has_synthdid else
                       "not installed (pip install --no-deps synthdid; not in the bench "
                       "extra: it pins numpy 1.23 / pandas 1.5)", 1e-8,
-                      "synthdid 0.10.1 needs pandas < 2.2: its groupby().apply() expects "
+                      "synthdid 0.10.1 needs pandas < 3: its groupby().apply() expects "
                       "the grouping column kept")]
             new = _compare(f"sdid ({variance} SE)", name, ours, peers, 3,
                            f"sdid.py at {commit}")
