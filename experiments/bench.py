@@ -794,7 +794,46 @@ def bench_sdid(quick: bool) -> list[dict[str, Any]]:
 
 
 #: the groups of this session's estimators, in the order they run
+def bench_wild(quick: bool) -> list[dict[str, Any]]:
+    """Issue #17's target: a 9,999-draw wild cluster bootstrap (WCR, Rademacher) of the
+    TWFE coefficient on the 30x19 province panel -- p-value and the test-inversion
+    interval -- beside the ``wildboottest`` package's p-value alone (FE as dummies, the
+    same clusters and draws, its own random weights, so p-values agree to Monte Carlo
+    error). The outcome is the untreated one, so the p-value is interior."""
+    from estimators.twfe import TWFE
+
+    wb = _import("wildboottest")
+    panel = draw_province(np.random.default_rng(7))
+    draws = 999 if quick else 9999
+    est = TWFE("y0_lnce", dist="wild", wild_draws=draws)
+    ours = _timed(lambda: est.fit(panel, rng=np.random.default_rng(0)).p_value, 7)
+
+    def peer() -> float:
+        from wildboottest.wildboottest import wildboottest
+
+        unit = pd.get_dummies(panel["unit"], prefix="u", drop_first=True, dtype=float)
+        year = pd.get_dummies(panel["time"], prefix="t", drop_first=True, dtype=float)
+        x = pd.concat([panel[["d"]].astype(float), unit, year], axis=1)
+        x.insert(0, "const", 1.0)
+        y = panel["y0_lnce"]
+        out = wildboottest(_model(y, x), param="d", cluster=panel["unit"], B=draws,
+                           bootstrap_type="11", impose_null=True, seed=0, show=False)
+        return float(np.ravel(out["p-value"])[0] if hasattr(out, "__getitem__") else out)
+
+    tol = 3 * np.sqrt(0.25 / draws) + 0.01  # two bootstraps of the same p-value
+    peers = [("wildboottest (p-value only)", peer if wb else _not_installed("wildboottest"),
+              tol, "compared: p-values")]
+    return _compare("twfe dist=wild (WCR, p + CI)", f"30x19, {draws} draws", ours, peers, 5)
+
+
+def _model(y: pd.Series, x: pd.DataFrame) -> Any:
+    import statsmodels.api as sm
+
+    return sm.OLS(y, x)
+
+
 NEW_GROUPS: dict[str, tuple[Callable[[bool], list[dict[str, Any]]], str]] = {
+    "wild": (bench_wild, "Wild cluster bootstrap of the TWFE coefficient"),
     "stacked": (bench_stacked, "Stacked DID (WFH corrective weights)"),
     "did2s": (bench_did2s, "Two-stage DID (Gardner)"),
     "etwfe": (bench_etwfe, "Extended TWFE (Wooldridge)"),
