@@ -647,7 +647,8 @@ def diagnose(results: pd.DataFrame, by: Sequence[str] = ("cell", "outcome", "est
 
 
 def binomial_band(p: float, n: int, z: float = 3.0) -> tuple[float, float]:
-    """``p +- z*sqrt(p(1-p)/n)``: the band a rate over ``n`` independent draws should fall
-    in (z = 3 by default, so a correct procedure leaves it with probability ~0.3%)."""
-    half = z * np.sqrt(p * (1 - p) / n)
-    return p - half, p + half
+    """``p +- z*sqrt(p(1-p)/n)``, inside [0, 1]: the band a rate over ``n`` independent
+    draws should fall in (z = 3 by default, so a correct procedure leaves it with
+    probability ~0.3%; the reports use z = 2.576, a 99% band)."""
+    half = z * np.sqrt(p * (1 - p) / max(n, 1))
+    return max(0.0, p - half), min(1.0, p + half)

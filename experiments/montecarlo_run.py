@@ -15,6 +15,7 @@ from estimators.panel import OptionError, check_choice
 from . import report
 from .build import build_draw, build_estimators
 from .montecarlo import Backend, Design, code_hash, design_key, diagnose, run_designs
+from .montecarlo import binomial_band as shared_band
 from .single import SingleDraw, print_table
 
 AXES = ("data", "assignment", "timing", "effect")
@@ -136,10 +137,14 @@ def parallel_trends_hold(cfg: DictConfig) -> bool:
     return all(float(cfg.data.get(k, 0.0) or 0.0) == 0.0 for k in TREND_KEYS)
 
 
-def binomial_band(p: float, n: int, z: float = 2.576) -> tuple[float, float]:
-    """The 99% band a rejection rate with true value ``p`` falls in over ``n`` draws."""
-    half = z * (p * (1 - p) / max(n, 1)) ** 0.5
-    return max(0.0, p - half), min(1.0, p + half)
+#: the reports' bands are 99% bands
+REPORT_Z = 2.576
+
+
+def binomial_band(p: float, n: int, z: float = REPORT_Z) -> tuple[float, float]:
+    """The 99% band a rejection rate with true value ``p`` falls in over ``n`` draws
+    (:func:`experiments.montecarlo.binomial_band` at the reports' z)."""
+    return shared_band(p, n, z)
 
 
 def pretest_warnings(diag: pd.DataFrame, parallel: Mapping[str, bool],
@@ -279,8 +284,7 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
     """Run every cell's draws (resumable chunks, any backend) and write the diagnosands."""
     from .run import isatty
 
-    backend = Backend.of(cfg.backend)
-    backend.validate()
+    backend = Backend.of(cfg.backend)  # validated
     runs = cells(cfg)
     varying = {a for a in AXES if len({ax.get(a) for _, ax in runs}) > 1}
     designs, keys = [], []
