@@ -843,7 +843,64 @@ NEW_GROUPS: dict[str, tuple[Callable[[bool], list[dict[str, Any]]], str]] = {
 }
 
 _NEW_COLUMNS = ["estimator", "panel", "didlab_s", "peer", "peer_s", "ratio", "didlab_estimate",
-                "peer_estimate", "abs_diff", "tol", "agree", "note"]
+                "peer_estimate", "abs_diff", "tol", "agree", "didlab_peak_mb", "peer_peak_mb",
+                "note"]
+
+#: modules that add groups to :data:`NEW_GROUPS`: each defines ``GROUPS = {name: (fn,
+#: title)}`` with ``fn(quick) -> rows`` in the columns above. Imported when a run starts,
+#: not at import time: they import this module for its helpers.
+GROUP_MODULES = ("experiments.bench_scale", "experiments.bench_mc")
+
+
+def load_group_modules() -> None:
+    """Add the groups of every importable :data:`GROUP_MODULES` to :data:`NEW_GROUPS`."""
+    import importlib
+
+    for name in GROUP_MODULES:
+        if _available(name):
+            NEW_GROUPS.update(importlib.import_module(name).GROUPS)
+
+
+#: prologue and epilogue of :func:`run_isolated`'s child process
+_ISOLATED_HEAD = """
+import json, resource, sys, time, warnings
+warnings.simplefilter("ignore")
+def _rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+"""
+_ISOLATED_TAIL = """
+out = {"seconds": seconds, "estimate": float(estimate), "peak_mb": _rss_mb(),
+       "base_mb": base_mb}
+print("BENCH-RESULT " + json.dumps(out))
+"""
+
+
+def run_isolated(body: str, timeout: float = 900.0, cwd: str | None = None) -> dict[str, Any]:
+    """Run ``body`` in a fresh Python process and return what it measured.
+
+    ``body`` builds its data, then sets ``base_mb = _rss_mb()`` (peak resident memory
+    before the fit, MB), times the fit itself into ``seconds`` and stores the point estimate
+    in ``estimate``. A fresh process makes ``peak_mb`` (max RSS, Linux kB -> MB) the fit's
+    own peak rather than the largest thing the benchmark process ever held. Returns
+    ``{"seconds", "estimate", "peak_mb", "base_mb"}``, or ``{"error": reason}`` when the
+    child fails, is killed (memory) or runs past ``timeout``.
+    """
+    import subprocess
+    import sys
+
+    code = _ISOLATED_HEAD + body + _ISOLATED_TAIL
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=timeout, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        return {"error": f"ran past {timeout:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            return json.loads(line[len("BENCH-RESULT "):])
+    tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    if proc.returncode < 0:
+        tail = f"killed by signal {-proc.returncode} (memory?)"
+    return {"error": tail[:200]}
 
 
 def run_new_groups(names: list[str], quick: bool, results: dict[str, Any]) -> None:
@@ -860,6 +917,7 @@ def run_new_groups(names: list[str], quick: bool, results: dict[str, Any]) -> No
 
 
 def main(argv: list[str] | None = None) -> None:
+    load_group_modules()
     parser = argparse.ArgumentParser(prog="didlab-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller panels and fewer draws")
     parser.add_argument("--reps", type=int, default=2000, help="Monte Carlo replicates")
