@@ -849,7 +849,8 @@ _NEW_COLUMNS = ["estimator", "panel", "didlab_s", "peer", "peer_s", "ratio", "di
 #: modules that add groups to :data:`NEW_GROUPS`: each defines ``GROUPS = {name: (fn,
 #: title)}`` with ``fn(quick) -> rows`` in the columns above. Imported when a run starts,
 #: not at import time: they import this module for its helpers.
-GROUP_MODULES = ("experiments.bench_scale", "experiments.bench_mc")
+GROUP_MODULES = ("experiments.bench_cs", "experiments.bench_scale", "experiments.bench_mc",
+                 "experiments.bench_catalog")
 
 
 def load_group_modules() -> None:
