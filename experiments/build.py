@@ -15,13 +15,15 @@ from estimators.panel import OptionError, check_choice
 from simulate.city import CityDGP, draw_city
 from simulate.design import Assignment, Effect, Timing, validate_design
 from simulate.province import ProvinceDGP, draw_province
+from simulate import registry
 
 EXACT = {"auto": "auto", "true": True, "false": False}
-DATA_KINDS = ("province", "city", "file", "calibrated")
+#: the methods literature's simulators (simulate/registry.py) come after the carbon panels
+DATA_KINDS = ("province", "city", "file", "calibrated", *registry.kinds())
 #: data-config keys that describe how the data is used, not the simulator's parameters
 CONFIG_ONLY_DATA_KEYS = ("kind", "from", "source", "outcomes", "controls", "score_covariates",
                          "channels", "labels")
-SIMULATED = ("province", "city", "calibrated")
+SIMULATED = ("province", "city", "calibrated", *registry.kinds())
 
 
 def _plain(node: Any) -> Any:
@@ -130,7 +132,9 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
                           "data=province or data=city (or a calibrated config)")
     from simulate.calibrated import CalibratedDGP
 
-    dgp_cls = {"province": ProvinceDGP, "city": CityDGP, "calibrated": CalibratedDGP}[kind]
+    registered = registry.simulators().get(kind)
+    dgp_cls = (registered.dgp if registered else
+               {"province": ProvinceDGP, "city": CityDGP, "calibrated": CalibratedDGP}[kind])
     dgp = _dataclass(dgp_cls, cfg.data, "data", drop=CONFIG_ONLY_DATA_KEYS)
     assignment = _dataclass(Assignment, cfg.assignment, "assignment")
     timing = _dataclass(Timing, cfg.timing, "timing")
@@ -139,6 +143,8 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
     # simulator does not honour is refused, not ignored
     dgp.validate()
     validate_design(dgp, assignment, timing, effect)
+    if registered is not None:
+        return functools.partial(registered.draw, dgp, assignment, timing, effect)
     if kind != "province":
         drawer = _draw_city if kind == "city" else _draw_calibrated
         return functools.partial(drawer, dgp, assignment, timing, effect)

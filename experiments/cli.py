@@ -264,6 +264,8 @@ def help_text() -> str:
     lines += ["", "More:",
               "  didlab --cfg job [overrides]   the composed config: every key you can set",
               "  didlab collect OUTPUT_DIR      combine a sweep's jobs into one table",
+              "  didlab designs                 the design library: the methods papers' "
+              "simulations, one command each",
               "  didlab --hydra-help            Hydra's own flags (-m sweeps, launchers)",
               "", head.footer.rstrip()]
     return "\n".join(lines)
@@ -286,6 +288,14 @@ def main() -> None:
     argv = sys.argv[1:]
     if any(a in ("--help", "-h") for a in argv):
         print(help_text())
+        raise SystemExit(0)
+    if argv and argv[0] == "designs":
+        if len(argv) > 1:
+            fail(f"didlab designs takes no arguments (got {' '.join(argv[1:])}); run a design "
+                 "with didlab experiment=NAME")
+        from .designs import listing
+
+        print(listing())
         raise SystemExit(0)
     from .schema import register
 

@@ -32,9 +32,12 @@ def choices(cfg: DictConfig) -> dict[str, str]:
 def cells(cfg: DictConfig) -> list[tuple[DictConfig, dict[str, str]]]:
     """The design cells of a run: the config itself, or its ``experiment.grid`` crossed.
 
-    Each cell is composed again from the run's own overrides with the grid's option put in
-    place of the group's, so a grid axis replaces only what it varies: ``timing.anticipation=2``
-    holds in every timing cell. A multirun sweep defines its own cells instead.
+    A grid key is an axis group (``timing: [notice_2011, market_open]``: that group's
+    options) or one key inside an axis group (``data.rho: [0.0, 0.8]``,
+    ``assignment.n_pilots: [1, 2, 5]``: that key's values). Each cell is composed again from
+    the run's own overrides with the grid's choice put in place of the user's, so a grid
+    axis replaces only what it varies: ``timing.anticipation=2`` holds in every timing cell.
+    A multirun sweep defines its own cells instead.
     """
     from .run import compose, in_multirun
 
@@ -47,23 +50,61 @@ def cells(cfg: DictConfig) -> list[tuple[DictConfig, dict[str, str]]]:
         grid = given
     if not grid or in_multirun():
         return [(cfg, base)]
-    for group in grid:
-        check_choice("experiment.grid key", group, AXES)
-        if not isinstance(grid[group], list) or not grid[group]:
-            raise OptionError(f"experiment.grid.{group} must be a non-empty list of options")
+    for key in grid:
+        group, _, inner = str(key).partition(".")
+        if group not in AXES:
+            raise OptionError(f"experiment.grid key {key!r} is not accepted; accepted: an axis "
+                              f"group ({', '.join(AXES)}) or one of its keys (e.g. data.rho, "
+                              "assignment.n_pilots)")
+        if inner and inner not in cfg[group]:
+            raise OptionError(f"experiment.grid key {key!r}: {group}={base.get(group, group)} "
+                              f"has no key {inner!r}; its keys: {', '.join(cfg[group])}")
+        values = grid[key]
+        if not isinstance(values, list) or not values:
+            raise OptionError(f"experiment.grid.{key} must be a non-empty list of "
+                              f"{'values' if inner else 'options'}")
+        if inner and any(isinstance(v, (list, dict)) for v in values):
+            raise OptionError(f"experiment.grid.{key} must list plain values (numbers, "
+                              "strings, booleans), one per cell")
     overrides = list(cfg.origin.overrides) if "origin" in cfg else []
     out = []
-    for combo in itertools.product(*[[(g, o) for o in opts] for g, opts in grid.items()]):
-        varied = {g for g, _ in combo}
-        # the user's choice of a varied group gives way to the grid's; key=value overrides
-        # inside that group (timing.anticipation=2) are kept
+    for combo in itertools.product(*[[(k, o) for o in opts] for k, opts in grid.items()]):
+        varied = {k for k, _ in combo}
+        # the user's choice of a varied group or key gives way to the grid's; key=value
+        # overrides inside a varied group (timing.anticipation=2) are kept
         kept = [o for o in overrides
                 if o.split("=", 1)[0].lstrip("+~") not in varied]
-        c = compose([*kept, *[f"{g}={o}" for g, o in combo]])
+        c = compose([*kept, *[f"{k}={_override_value(o)}" for k, o in combo]])
         axes = dict(base)
-        axes.update({g: str(o) for g, o in combo})
+        axes.update({k: _axis_value(o) for k, o in combo})
         out.append((c, axes))
     return out
+
+
+def _override_value(value: Any) -> str:
+    """A grid value written as a Hydra override value (``null`` for None, ``true``/
+    ``false`` for booleans, strings quoted where Hydra would read them otherwise)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and not value.replace("_", "").replace("-", "").isalnum():
+        return "'" + value.replace("'", "\\'") + "'"
+    return str(value)
+
+
+def _axis_value(value: Any) -> str:
+    """A grid value as it appears in cell names and axis columns."""
+    return "true" if value is True else "false" if value is False else str(value)
+
+
+def axis_names(runs: list[tuple[DictConfig, dict[str, str]]]) -> list[str]:
+    """The axes of a run's cells in order: the groups of :data:`AXES`, then grid keys inside
+    a group (``data.rho``) in the grid's order."""
+    keys: list[str] = [a for a in AXES if any(a in ax for _, ax in runs)]
+    for _, ax in runs:
+        keys += [k for k in ax if k not in keys]
+    return keys
 
 
 def _grid_override(overrides: list[str]) -> dict[str, Any] | None:
@@ -218,7 +259,10 @@ def inference_verdict(diag: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     head = diag[diag["role"] == "headline"]
     if "rejection_is" not in head or not (head["rejection_is"] == "size").any():
         return pd.DataFrame()
-    keys = [a for a in axes if a in head and a != "effect"] + ["outcome", "estimator"]
+    # the effect axis (the group, or a key inside it such as effect.att) separates the null
+    # cells from the alternatives that the verdict reads together
+    keys = [a for a in axes if a in head and a.partition(".")[0] != "effect"] + [
+        "outcome", "estimator"]
     rows = []
     for key, g in head.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -261,6 +305,29 @@ def inference_verdict(diag: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     return out.sort_values([*group, "rank"]).drop(columns="distance").reset_index(drop=True)
 
 
+def paper_section(name: str, diag: pd.DataFrame, n_reps: int
+                  ) -> tuple[pd.DataFrame, str] | None:
+    """For a design of the library (:mod:`experiments.designs`): the table of the paper's
+    numbers beside didlab's and the report section around it; None for other runs."""
+    from .designs import library, paper_comparison
+
+    info = library().get(name)
+    if info is None or not info.numbers:
+        return None
+    table = paper_comparison(info, diag)
+    params = "\n".join(f"- {what} ({where})" for what, where in info.parameters)
+    text = (f"## The paper's numbers beside didlab's\n\n**{info.paper}**. {info.demonstrates}"
+            f"\n\nFidelity: {info.fidelity}.\n\n" + (f"Parameters:\n\n{params}\n\n" if params
+                                                     else "")
+            + f"didlab's values come from this run ({n_reps} draws per cell), with Monte Carlo "
+            "standard errors; `within_mc_error` says whether the paper's number lies within "
+            "2.576 MC SEs of didlab's, where the paper's data-generating process is reproduced "
+            "exactly (`reproduced = number`). Where it is not (`pattern`), the paper's number "
+            "is context and the design reproduces the pattern.\n\n"
+            + report.markdown_table(table) + "\n")
+    return table, text
+
+
 def common_draws(results: pd.DataFrame) -> pd.DataFrame:
     """The rows of draws (cell, replicate, outcome) in which every estimator succeeded."""
     head = results[results["role"] == "headline"]
@@ -286,7 +353,8 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
 
     backend = Backend.of(cfg.backend)  # validated
     runs = cells(cfg)
-    varying = {a for a in AXES if len({ax.get(a) for _, ax in runs}) > 1}
+    names = axis_names(runs)
+    varying = {a for a in names if len({ax.get(a) for _, ax in runs}) > 1}
     designs, keys = [], []
     for c, axes in runs:
         outcomes = list(c.experiment.outcomes)
@@ -303,7 +371,7 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
     print(stored)
     axes_frame = pd.DataFrame([{"cell": d.cell, **d.axes} for d in designs])
     results = results.merge(axes_frame, on="cell", how="left")
-    diag = diagnose(results, by=("cell", *[a for a in AXES if a in axes_frame], "outcome",
+    diag = diagnose(results, by=("cell", *[a for a in names if a in axes_frame], "outcome",
                                  "estimator", "term"))
     roles = results.drop_duplicates(["estimator", "term"]).set_index(["estimator", "term"])["role"]
     diag["role"] = [roles.get((e, t), "headline") for e, t in zip(diag["estimator"], diag["term"])]
@@ -312,7 +380,7 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
     written: dict[str, Any] = {"results": out / "results.parquet",
                                "diagnosands": out / "diagnosands.csv", "chunks": chunks}
     head = diag[diag["role"] == "headline"]
-    shown_axes = sorted(varying, key=AXES.index) if len(runs) > 1 else []
+    shown_axes = sorted(varying, key=names.index) if len(runs) > 1 else []
     cols = [c for c in (*shown_axes, "outcome", "estimator", "term", "n_draws", "n_failed",
                         "mean_truth", "bias", "bias_mcse", "rmse", "se_sd_ratio",
                         "coverage", "rejection", "rejection_is", "ci_width",
@@ -372,14 +440,21 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
         written["inference_verdict"] = verdict
         report.write_csv(verdict, out / "inference_verdict.csv")
         print_table("Which inference to trust here (size under the null, coverage under the "
-                    "effect)", verdict[[c for c in ("outcome", "estimator", "rank", "size",
+                    "effect)", verdict[[c for c in (*shown_axes, "outcome", "estimator", "rank", "size",
                                                     "size_band", "coverage", "verdict")
                                         if c in verdict]])
-        good = verdict[verdict["verdict"].str.startswith("trustworthy")]["estimator"].tolist()
-        bad = verdict[verdict["verdict"].str.startswith("over")]
+        cell_keys = [a for a in shown_axes if a in verdict]
+
+        def where(r: Mapping[str, Any]) -> str:   # "twfe (assignment.n_pilots=3)"
+            at = ", ".join(f"{a}={r[a]}" for a in cell_keys)
+            return f"{r['estimator']} ({at})" if at else str(r["estimator"])
+
+        rows_ = verdict.to_dict("records")
+        good = [where(r) for r in rows_ if r["verdict"].startswith("trustworthy")]
         lines = [f"- **Trustworthy in this design**: {', '.join(good) or 'none'}.",
-                 *[f"- **Not trustworthy**: {r.estimator} rejects a true null in "
-                   f"{r.size:.1%} of draws (band {r.size_band})." for r in bad.itertuples()]]
+                 *[f"- **Not trustworthy**: {where(r)} rejects a true null in "
+                   f"{r['size']:.1%} of draws (band {r['size_band']})."
+                   for r in rows_ if r["verdict"].startswith("over")]]
         sections.append(
             "## Which inference to trust in this design\n\nSize is the rejection rate of a "
             "true zero effect; coverage is how often the interval contains the injected "
@@ -403,13 +478,21 @@ def run_montecarlo(cfg: DictConfig, draw: SingleDraw, out: Path) -> tuple[dict[s
             "QTTs; the conditional quantile DID of the studies targets quantiles of the "
             "error given unit and year, so its bias here measures reading it as a QTT.\n\n"
             + report.markdown_table(qtab) + "\n")
+    paper = paper_section(str(cfg.experiment.name), diag, int(cfg.experiment.n_reps))
+    if paper is not None:
+        table, text = paper
+        written["paper_comparison"] = table
+        report.write_csv(table, out / "paper_comparison.csv")
+        print_table("The paper's numbers beside didlab's (paper_comparison.csv)",
+                    table[["what", "paper", "didlab", "didlab_mcse", "within_mc_error"]])
+        sections.append(text)
     if len(blanks):
         written["blank_diagnosands"] = blanks
         sections.append("## Warnings: blank diagnosands\n\nWhy some cells of the table above "
                         "are empty:\n\n" + report.markdown_table(blanks) + "\n")
     if cfg.experiment.figures:
         outcome0 = list(cfg.experiment.outcomes)[0]
-        paths = report.diagnosand_figures(diag, [a for a in AXES if a in axes_frame],
+        paths = report.diagnosand_figures(diag, [a for a in names if a in axes_frame],
                                           out / "figures", outcome=outcome0)
         written["diagnosand_figures"] = paths
         sections += [f"![{p.stem}](figures/{p.name})\n" for p in paths]

@@ -203,7 +203,8 @@ class ExperimentConf:
     chunk_size: int = 25
     outcomes: List[str] = II("data.outcomes")  # the data's outcomes unless an experiment says
     # cells run inside one (non-multirun) job: group -> list of options of that group
-    grid: Dict[str, List[str]] = field(default_factory=dict)
+    # axis group -> options, or a key inside an axis group (data.rho) -> values
+    grid: Dict[str, List[Any]] = field(default_factory=dict)
     # where resumable chunks live, keyed by a hash of everything that fixes the numbers
     store: str = "outputs/store"
     progress: bool = True
@@ -308,6 +309,10 @@ def register() -> None:
     cs.store(group="schema/data", name="province", node=ProvinceData)
     cs.store(group="schema/data", name="city", node=CityData)
     cs.store(group="schema/data", name="file", node=FileData)
+    from simulate import registry
+
+    for sim in registry.simulators().values():   # the methods literature's simulators
+        cs.store(group="schema/data", name=sim.kind, node=sim.schema())
     cs.store(group="schema/assignment", name="base", node=Assignment)
     cs.store(group="schema/timing", name="base", node=Timing)
     cs.store(group="schema/effect", name="base", node=Effect)
