@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .fe import Dof, within_balanced, within_general
+from .fe import Dof, use_fast, within_balanced, within_general
 from .panel import COHORT, D, TIME, UNIT, EstimationError, PanelError, _codes, check_panel
 
 
@@ -35,6 +35,14 @@ class FEArrays:
 
     def within(self) -> tuple[np.ndarray, np.ndarray]:
         """Residualise outcome and regressors on unit and period effects."""
+        if use_fast(self.y.shape[0]):  # no stacked copy: outcome and regressors apart
+            if self.balanced and self.weights is None:
+                return (within_balanced(self.y[:, None], self.n_units, self.n_periods)[:, 0],
+                        within_balanced(self.x, self.n_units, self.n_periods))
+            return (within_general(self.y[:, None], self.unit, self.time, self.n_units,
+                                   self.n_periods, self.weights)[:, 0],
+                    within_general(self.x, self.unit, self.time, self.n_units,
+                                   self.n_periods, self.weights))
         z = np.column_stack([self.y, self.x])
         if self.balanced and self.weights is None:
             zt = within_balanced(z, self.n_units, self.n_periods)
@@ -86,13 +94,19 @@ def fe_arrays(
     checked: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None,
     time_by: str | None = None,
     extra_first: bool = False,
+    extra_matrix: tuple[Sequence[str], np.ndarray] | None = None,
 ) -> FEArrays:
     """Pull the arrays of a fixed-effects regression out of a panel.
 
     ``extra`` supplies regressors computed by the caller (event-time dummies), appended after
-    the panel columns named in ``regressors``. ``checked`` passes on the unit codes, time
-    codes and arrays of a :func:`check_panel` call the caller already made on this panel.
+    the panel columns named in ``regressors``. ``extra_matrix`` = ``(names, matrix)`` does
+    the same with the columns already in one ``(N, k)`` array (used instead of ``extra``;
+    with no other regressor the matrix itself becomes ``x``, no copy: the 1,000,000-row
+    path). ``checked`` passes on the unit codes, time codes and arrays of a
+    :func:`check_panel` call the caller already made on this panel.
     """
+    if extra_matrix is not None and extra:
+        raise ValueError("give extra or extra_matrix, not both")
     if checked is not None:
         unit, time, arrays = checked
         n_units, n_periods = int(unit.max()) + 1, int(time.max()) + 1
@@ -127,14 +141,28 @@ def fe_arrays(
         balanced = False  # the closed-form two-way transform does not apply
     cols = [column(c) for c in regressors]
     names = list(regressors)
-    if extra:
+    if extra_matrix is not None:
+        mnames, mat = list(extra_matrix[0]), np.asarray(extra_matrix[1], dtype=float)
+        if mat.ndim != 2 or mat.shape != (n, len(mnames)):
+            raise ValueError(f"extra_matrix has shape {mat.shape}, expected ({n}, {len(mnames)})")
+        if not cols:
+            x, names = mat, mnames
+        else:
+            x = np.empty((n, mat.shape[1] + len(cols)))
+            own = slice(mat.shape[1], None) if extra_first else slice(0, len(cols))
+            at = slice(0, mat.shape[1]) if extra_first else slice(len(cols), None)
+            x[:, at] = mat
+            x[:, own] = np.column_stack(cols)
+            names = mnames + names if extra_first else names + mnames
+    elif extra:
         extra_cols = [np.asarray(v, dtype=float) for v in extra.values()]
         if extra_first:
             cols, names = extra_cols + cols, list(extra.keys()) + names
         else:
             cols.extend(extra_cols)
             names.extend(extra.keys())
-    x = np.column_stack(cols) if cols else np.empty((n, 0))
+    if extra_matrix is None:
+        x = np.column_stack(cols) if cols else np.empty((n, 0))
     y = column(outcome)
     if cluster is None:
         clusters, n_clusters = None, 0
@@ -155,6 +183,8 @@ def fe_arrays(
                 panel.loc[keep], outcome, regressors, cluster=cluster, weights=weights,
                 extra={k: np.asarray(v)[keep] for k, v in (extra or {}).items()}, validate=False,
                 time_by=time_by, extra_first=extra_first,
+                extra_matrix=(None if extra_matrix is None
+                              else (extra_matrix[0], np.asarray(extra_matrix[1])[keep])),
             )
     if balanced and w is None:
         key = unit * n_periods + time

@@ -45,6 +45,36 @@ def event_dummies(
     return cols, times, keep
 
 
+def event_dummy_matrix(
+    rel: np.ndarray, leads: int, lags: int, ref: int, bin_endpoints: bool
+) -> tuple[list[str], np.ndarray, list[int], np.ndarray]:
+    """:func:`event_dummies` as one ``(N, k)`` matrix (one pass, no column per event time).
+
+    Returns
+    -------
+    names, matrix, event_times, keep
+        Column names ``ev+k``, the indicators, the event times and the rows kept (as
+        :func:`event_dummies`, whose columns these are, in the same order).
+    """
+    keep = np.ones(rel.shape[0], dtype=bool)
+    has = ~np.isnan(rel)
+    k = np.where(has, rel, 0.0)
+    if bin_endpoints:
+        k = np.clip(k, -leads, lags)
+    else:
+        keep &= ~(has & ((k < -leads) | (k > lags)))
+    times = [e for e in range(-leads, lags + 1) if e != ref]
+    col_of = np.full(leads + lags + 1, -1, dtype=np.intp)
+    col_of[[e + leads for e in times]] = np.arange(len(times))
+    inside = has & (k >= -leads) & (k <= lags)
+    rows = np.flatnonzero(inside)
+    cols = col_of[k[rows].astype(np.intp) + leads]
+    ok = cols >= 0                       # the reference period has no column
+    mat = np.zeros((rel.shape[0], len(times)))
+    mat[rows[ok], cols[ok]] = 1.0
+    return [f"ev{e:+d}" for e in times], mat, times, keep
+
+
 @dataclass(frozen=True)
 class EventStudy(InferenceOptions):
     """Dynamic two-way fixed-effects regression (event study).
@@ -162,17 +192,19 @@ class EventStudy(InferenceOptions):
         cluster = self.cluster_column
         _, unit, time, arrays = check_panel(panel, (self.outcome,), tuple(self.controls))
         rel, leads, lags = self._window(panel)
-        cols, times, keep = event_dummies(rel, leads, lags, self.ref, self.bin_endpoints)
+        names, mat, times, keep = event_dummy_matrix(rel, leads, lags, self.ref,
+                                                     self.bin_endpoints)
         notes: list[str] = []
         data = panel
         if not keep.all():
             data = panel.loc[keep]
-            cols = {k: v[keep] for k, v in cols.items()}
+            mat = mat[keep]
             notes.append(f"{int((~keep).sum())} treated observations outside the window "
                          f"[-{leads}, {lags}] dropped (bin_endpoints=False)")
         checked = (unit, time, arrays) if keep.all() else None
         arrays = fe_arrays(data, self.outcome, tuple(self.controls), cluster=cluster,
-                           extra=cols, validate=not keep.all(), checked=checked,
+                           extra_matrix=(names, mat), validate=not keep.all(),
+                           checked=checked,
                            weights=self.weights,
                            extra_first=True)  # collinearity drops controls, not event times
         k_c = len(self.controls)

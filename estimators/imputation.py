@@ -14,6 +14,7 @@ from .panel import (excluding_always_treated, COHORT, D, TIME, UNIT, EstimationE
                     check_count, check_panel)
 from .result import Estimate, critical_value, p_value
 from .regression import fit_fe
+from .fe import cluster_scores_of, group_sums, use_fast
 
 
 def _fe_design(unit: np.ndarray, time: np.ndarray, n_units: int, n_periods: int,
@@ -28,43 +29,73 @@ def _fe_design(unit: np.ndarray, time: np.ndarray, n_units: int, n_periods: int,
     return z
 
 
+def _sums(codes: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
+    """``(n, m)`` sums of the rows of ``w`` ``(N, m)`` by code (one compiled pass on large
+    panels, a bincount per column otherwise)."""
+    if use_fast(codes.size) and w.shape[1] > 1:
+        return group_sums(w, codes, n)
+    out = np.empty((n, w.shape[1]))
+    for j in range(w.shape[1]):
+        out[:, j] = np.bincount(codes, weights=w[:, j], minlength=n)
+    return out
+
+
 class _TwoWay:
     """The untreated-observation regression of ``y`` on unit effects, period effects and
-    covariates, solved without dense unit dummies.
+    covariates, solved without dense dummies.
 
     The unit block of the normal equations is diagonal (each unit's number of untreated
     observations), so it is eliminated exactly (a Schur complement): only a
-    ``(periods - 1 + covariates)``-square system is solved densely. Memory and time are
-    linear in the number of rows; the dense dummy regression (``Imputation(fast=False)``)
-    is kept as the reference path, and a test pins the two together.
+    ``(periods - 1 + covariates)``-square system is solved densely. The period dummies are
+    never built either: their cross-products are counts (``bincount`` of the period codes)
+    and their fitted values a gather of the period effects. Memory and time are linear in
+    the rows; the dense dummy regression (``Imputation(fast=False)``) is kept as the
+    reference path, and tests pin the two together.
+
+    The rows are split once into the untreated (``0``) and treated (``1``) parts; methods
+    take ``part`` to say which rows they read.
     """
 
     def __init__(self, unit: np.ndarray, time: np.ndarray, x: np.ndarray, n_units: int,
                  n_periods: int, untreated: np.ndarray) -> None:
-        self.unit, self.n_units = unit, n_units
-        # P: period dummies (first period dropped) and covariates, (n, q)
-        p = np.zeros((unit.size, n_periods - 1 + x.shape[1]))
-        rows = np.flatnonzero(time > 0)
-        p[rows, time[rows] - 1] = 1.0
-        if x.shape[1]:
-            p[:, n_periods - 1:] = x
-        self.p = p
-        u0, p0 = unit[untreated], p[untreated]
+        self.n_units, self.n_periods, self.k = n_units, n_periods, x.shape[1]
+        treated = ~untreated
+        self.parts = {0: (unit[untreated], time[untreated], x[untreated]),
+                      1: (unit[treated], time[treated], x[treated])}
+        u0, t0, x0 = self.parts[0]
+        q = n_periods - 1 + self.k
         self.a = np.bincount(u0, minlength=n_units).astype(float)       # D0'D0 (diagonal)
-        self.b = np.column_stack([np.bincount(u0, weights=p0[:, j], minlength=n_units)
-                                  for j in range(p.shape[1])]) if p.shape[1] else \
-            np.zeros((n_units, 0))                                         # D0'P0
+        # D0'P0 with P = [period dummies (first dropped), covariates]: (n_units, q)
+        b = np.zeros((n_units, q))
+        if n_periods > 1:
+            tab = np.bincount(u0 * n_periods + t0, minlength=n_units * n_periods)
+            b[:, :n_periods - 1] = tab.reshape(n_units, n_periods)[:, 1:]
+        if self.k:
+            b[:, n_periods - 1:] = _sums(u0, x0, n_units)
+        self.b = b
+        # P0'P0: diagonal period counts, period x covariate sums, covariate cross-products
+        ptp = np.zeros((q, q))
+        cnt_t = np.bincount(t0, minlength=n_periods).astype(float)
+        ptp[np.arange(n_periods - 1), np.arange(n_periods - 1)] = cnt_t[1:]
+        if self.k:
+            tx = _sums(t0, x0, n_periods)[1:]
+            ptp[:n_periods - 1, n_periods - 1:] = tx
+            ptp[n_periods - 1:, :n_periods - 1] = tx.T
+            ptp[n_periods - 1:, n_periods - 1:] = x0.T @ x0
         ainv = np.where(self.a > 0, 1.0 / np.where(self.a > 0, self.a, 1.0), 0.0)
         self.ainv = ainv
-        schur = p0.T @ p0 - self.b.T @ (ainv[:, None] * self.b)
+        schur = ptp - b.T @ (ainv[:, None] * b)
         self.schur_pinv = np.linalg.pinv(schur)
 
-    def crossprod(self, rows: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``Z[rows]' w`` split into its unit block and the rest, for ``w`` of (n_rows, m)."""
-        u = self.unit[rows]
-        ca = np.column_stack([np.bincount(u, weights=w[:, j], minlength=self.n_units)
-                              for j in range(w.shape[1])])
-        return ca, self.p[rows].T @ w
+    def crossprod(self, part: int, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``Z[part]' w`` split into its unit block and the rest, for ``w`` of (rows, m)."""
+        u, t, x = self.parts[part]
+        ca = _sums(u, w, self.n_units)
+        cp = np.empty((self.n_periods - 1 + self.k, w.shape[1]))
+        cp[:self.n_periods - 1] = _sums(t, w, self.n_periods)[1:]
+        if self.k:
+            cp[self.n_periods - 1:] = x.T @ w
+        return ca, cp
 
     def solve(self, ca: np.ndarray, cp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(Z0'Z0)^+ [ca; cp]`` by eliminating the diagonal unit block."""
@@ -72,9 +103,14 @@ class _TwoWay:
         ga = self.ainv[:, None] * (ca - self.b @ gp)
         return ga, gp
 
-    def apply(self, rows: np.ndarray, ga: np.ndarray, gp: np.ndarray) -> np.ndarray:
-        """``Z[rows] [ga; gp]``."""
-        return ga[self.unit[rows]] + self.p[rows] @ gp
+    def apply(self, part: int, ga: np.ndarray, gp: np.ndarray) -> np.ndarray:
+        """``Z[part] [ga; gp]``: unit and period effects gathered, covariates multiplied."""
+        u, t, x = self.parts[part]
+        period = np.vstack([np.zeros((1, gp.shape[1])), gp[:self.n_periods - 1]])
+        out = ga[u] + period[t]
+        if self.k:
+            out += x @ gp[self.n_periods - 1:]
+        return out
 
 
 @dataclass(frozen=True)
@@ -128,56 +164,56 @@ class Imputation:
         treated = arrays[D] == 1
         untreated = ~treated
         # units or periods with no untreated observation cannot be imputed
-        if not np.isin(np.unique(unit[treated]), unit[untreated]).all():
+        if not (np.bincount(unit[untreated], minlength=n_units)[unit[treated]] > 0).all():
             raise EstimationError("a treated unit has no untreated period: its effect cannot be imputed")
-        if not np.isin(np.unique(time[treated]), time[untreated]).all():
+        if not (np.bincount(time[untreated], minlength=n_periods)[time[treated]] > 0).all():
             raise EstimationError("a period has no untreated unit: its year effect cannot be imputed")
+        y0, y1 = y[untreated], y[treated]
         if self.fast:
             design = _TwoWay(unit, time, x, n_units, n_periods, untreated)
-            rows0, rows1 = np.flatnonzero(untreated), np.flatnonzero(treated)
-            coef = design.solve(*design.crossprod(rows0, y[untreated][:, None]))
-            fitted0 = design.apply(rows0, *coef)[:, 0]
-            tau = y[treated] - design.apply(rows1, *coef)[:, 0]
+            coef = design.solve(*design.crossprod(0, y0[:, None]))
+            fitted0 = design.apply(0, *coef)[:, 0]
+            tau = y1 - design.apply(1, *coef)[:, 0]
         else:
             z = _fe_design(unit, time, n_units, n_periods, x)
             z0, z1 = z[untreated], z[treated]
-            beta, *_ = np.linalg.lstsq(z0, y[untreated], rcond=None)
+            beta, *_ = np.linalg.lstsq(z0, y0, rcond=None)
             fitted0 = z0 @ beta
-            tau = y[treated] - z1 @ beta
+            tau = y1 - z1 @ beta
         rel = event_time(panel)[treated]
         coh = arrays[COHORT][treated]
         events = np.unique(rel)
         if self.horizons is not None:
             events = events[events <= self.horizons]
         # weights of each estimand over treated observations: overall, then event times
-        w1 = [np.full(tau.size, 1.0 / tau.size)]
-        names = ["ATT"]
-        for e in events:
-            m = rel == e
-            w1.append(m / m.sum())
-            names.append(f"ev{int(e):+d}")
-        w1 = np.column_stack(w1)                                # (N1, m)
+        w1 = np.zeros((tau.size, 1 + events.size))                # (N1, m)
+        w1[:, 0] = 1.0 / tau.size
+        names = ["ATT"] + [f"ev{int(e):+d}" for e in events]
+        ev_pos = np.searchsorted(events, rel)
+        inside = (ev_pos < events.size) & (events[np.minimum(ev_pos, events.size - 1)] == rel)
+        ev_count = np.bincount(ev_pos[inside], minlength=events.size).astype(float)
+        rows1 = np.flatnonzero(inside)
+        w1[rows1, 1 + ev_pos[inside]] = 1.0 / ev_count[ev_pos[inside]]
         est = tau @ w1
         # v for untreated obs: -Z0 (Z0'Z0)^+ Z1' w1  (BJS eq. 6)
         if self.fast:
-            v0 = -design.apply(rows0, *design.solve(*design.crossprod(rows1, w1)))
+            v0 = design.apply(0, *design.solve(*design.crossprod(1, w1)))
+            v0 *= -1.0
         else:
             v0 = -z0 @ (np.linalg.pinv(z0.T @ z0) @ (z1.T @ w1))   # (N0, m)
-        resid0 = y[untreated] - fitted0
+        resid0 = y0 - fitted0
         # treated residuals: tau minus its v-weighted mean within cohort x event-time cells
-        resid1 = np.empty((tau.size, w1.shape[1]))
         cells = coh * 10_000 + rel
         codes, n_cells = codes_of(cells)
-        for j in range(w1.shape[1]):
-            wsum = np.bincount(codes, weights=w1[:, j], minlength=n_cells)
-            tsum = np.bincount(codes, weights=w1[:, j] * tau, minlength=n_cells)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cell_mean = np.where(wsum > 0, tsum / np.where(wsum > 0, wsum, 1), 0.0)
-            resid1[:, j] = tau - cell_mean[codes]
-        scores = np.zeros((n_units, w1.shape[1]))
-        for j in range(w1.shape[1]):
-            scores[:, j] = (np.bincount(unit[untreated], weights=v0[:, j] * resid0, minlength=n_units)
-                            + np.bincount(unit[treated], weights=w1[:, j] * resid1[:, j], minlength=n_units))
+        wsum = _sums(codes, w1, n_cells)
+        tsum = _sums(codes, w1 * tau[:, None], n_cells)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cell_mean = np.where(wsum > 0, tsum / np.where(wsum > 0, wsum, 1), 0.0)
+        # w1 * (tau - cell mean), the treated rows' part of the influence function
+        resid1 = w1 * (tau[:, None] - cell_mean[codes])
+        u0, u1 = unit[untreated], unit[treated]
+        scores = (cluster_scores_of(v0, resid0, u0, n_units)
+                  + _sums(u1, resid1, n_units))
         se = np.sqrt((scores**2).sum(axis=0))
         crit = critical_value(self.alpha, None)
         stat = est / se

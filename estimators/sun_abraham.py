@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .design import event_time, fe_arrays
+from .design import codes_of, event_time, fe_arrays
 from .catalog import renamed
 from .panel import excluding_always_treated, COHORT, EstimationError, OptionError, check_choice, check_panel
 from .result import Estimate, critical_value, p_value
@@ -19,6 +19,26 @@ from .regression import InferenceOptions, fit_fe
 CONTROL_GROUPS = ("nevertreated", "lasttreated")
 #: old spellings of control_group (one release)
 _OLD_CONTROL = {"never": "nevertreated", "last": "lasttreated"}
+
+
+def _cells(cohort: np.ndarray, rel: np.ndarray, ref: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The cohort x event-time cells of the treated rows (event time ``ref`` excluded),
+    sorted by cohort then event time, and each row's cell index (-1: in no cell)."""
+    cohort = np.asarray(cohort, dtype=float)
+    inside = (cohort > 0) & ~np.isnan(rel) & (rel != ref)
+    cell_of = np.full(cohort.size, -1, dtype=np.intp)
+    if not inside.any():
+        return [], cell_of
+    g_codes, _ = codes_of(cohort[inside])
+    e = rel[inside].astype(np.int64)
+    e_min = int(e.min())
+    span = int(e.max()) - e_min + 1
+    key = g_codes * span + (e - e_min)
+    uniq, idx = np.unique(key, return_inverse=True)
+    cell_of[inside] = idx.ravel()
+    g_levels = np.unique(cohort[inside])
+    cells = [(int(g_levels[k // span]), int(k % span) + e_min) for k in uniq]
+    return cells, cell_of
 
 
 @renamed(control=("control_group", lambda old, new: _OLD_CONTROL.get(old, old)))
@@ -78,19 +98,26 @@ class SunAbraham(InferenceOptions):
             data[COHORT] = np.where(data[COHORT] == last, 0, data[COHORT])
             cohort = data[COHORT].to_numpy()
         rel = event_time(data)
-        cells = sorted({(int(g), int(e)) for g, e in zip(cohort, rel) if g > 0 and e != self.ref})
+        cells, cell_of = _cells(cohort, rel, self.ref)
         if not cells:
             raise EstimationError("no treated cohort-period cell to estimate")
-        extra = {f"g{g}:e{e:+d}": ((cohort == g) & (rel == e)).astype(float) for g, e in cells}
+        cell_names = [f"g{g}:e{e:+d}" for g, e in cells]
+        rows = np.flatnonzero(cell_of >= 0)
+        mat = np.zeros((cell_of.size, len(cells)))
+        mat[rows, cell_of[rows]] = 1.0
         arrays = fe_arrays(data, self.outcome, tuple(self.controls), cluster=cluster,
-                           extra=extra, validate=False, extra_first=True, weights=self.weights)
+                           extra_matrix=(cell_names, mat), validate=False, extra_first=True,
+                           weights=self.weights)
+        del mat  # fe_arrays holds it (as x, or copied into x)
         res = fit_fe(arrays, self.se, self.ssc, self.dist)
         ids = res.identified
         coef = dict(zip(ids, res.fit.coef))
         # each cell's share in an aggregate: its number of observations, or with weights
         # its total weight
         wt = data[self.weights].to_numpy(float) if self.weights else None
-        counts = {name: float(col.sum() if wt is None else col @ wt) for name, col in extra.items()}
+        tally = np.bincount(cell_of[rows], weights=None if wt is None else wt[rows],
+                            minlength=len(cells)).astype(float)
+        counts = dict(zip(cell_names, tally))
         events = sorted({e for _, e in cells})
         rows, weights = [], []
         for e in events:
