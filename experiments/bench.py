@@ -913,7 +913,10 @@ def run_new_groups(names: list[str], quick: bool, results: dict[str, Any]) -> No
             rows = fn(quick)
             results[key] = {"load_before": load, "load_after": os.getloadavg(), "rows": rows}
             print(f"\n{title} (ratio = peer_s / didlab_s; load {load[0]:.2f})")
-            table = pd.DataFrame(rows).reindex(columns=_NEW_COLUMNS)
+            table = pd.DataFrame(rows)
+            # the shared columns first, then a group's own (reps_per_s, ...)
+            table = table.reindex(columns=[*_NEW_COLUMNS,
+                                           *[c for c in table if c not in _NEW_COLUMNS]])
             print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 

@@ -75,3 +75,34 @@ def test_only_runs_named_groups(tmp_path) -> None:
 def test_only_rejects_unknown_group(tmp_path) -> None:
     with pytest.raises(SystemExit):
         bench.main(["--only", "stacked,nope", "--out", str(tmp_path)])
+
+
+def test_run_isolated_reports_the_child_measurement_or_its_failure() -> None:
+    ok = bench.run_isolated("import numpy as np\nx = np.ones(1000)\nbase_mb = _rss_mb()\n"
+                            "t0 = time.perf_counter(); estimate = x.sum(); "
+                            "seconds = time.perf_counter() - t0\n")
+    assert ok["estimate"] == 1000.0 and ok["peak_mb"] >= ok["base_mb"] > 0
+    assert bench.run_isolated("raise ValueError('no data')")["error"] == "ValueError: no data"
+
+
+def test_catalog_group_covers_every_kind_with_a_config_and_real_peers() -> None:
+    from estimators import catalog
+    from experiments import bench_catalog as bc
+    from experiments.run import CONF_DIR
+
+    bench.load_group_modules()
+    assert "catalog" in bench.NEW_GROUPS
+    for kind in catalog.kinds():
+        conf = bc.CONF_OF.get(kind, kind)
+        assert (CONF_DIR / "estimator" / f"{conf}.yaml").is_file(), kind
+    assert set(bc.PEERS) <= set(catalog.kinds())
+
+
+def test_catalog_row_times_didlab_and_its_peer_on_the_same_draw(monkeypatch) -> None:
+    pytest.importorskip("pyfixest")
+    from experiments import bench_catalog as bc
+
+    monkeypatch.setattr(bc, "BUDGET_S", 0.05)
+    row = bc._row("twfe", "province 30x19", [], "lnce")
+    assert row["peer"] == "pyfixest feols" and row["agree"] is True, row
+    assert row["didlab_s"] > 0 and row["peer_s"] > 0 and row["didlab_peak_mb"] > 0
