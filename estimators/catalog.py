@@ -309,6 +309,9 @@ def _register_all() -> None:
     register("sdid", SyntheticDID, C(needs_rng=True, event_time=True))
     from .etwfe import ETWFE
     register("etwfe", ETWFE, C(event_time=True))
+    from .bdm import BlockBootstrap, Collapse
+    register("bdm_bootstrap", BlockBootstrap, C(needs_rng=True))
+    register("bdm_collapse", Collapse)
 
 
 def is_sequence_type(tp: Any) -> bool:
