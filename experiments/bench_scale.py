@@ -3,7 +3,7 @@ province panel's size to a 1,000,000-row panel, beside pyfixest and diff-diff in
 
 Every (tool, estimator, size) is measured in a fresh process (:func:`experiments.bench.
 run_isolated`): the child builds the panel, warms the tool up on a small panel (imports,
-numba's cache), records its peak resident memory, then times the fit. ``didlab_peak_mb`` /
+numba's cache: a panel large enough for the fast engine), records its peak resident memory, then times the fit. ``didlab_peak_mb`` /
 ``peer_peak_mb`` are the fit's own peak: the process's peak after the fit minus its peak
 before it (the panel and the imports excluded). Each child runs under a 12 GB address-space
 limit so that a peer that builds dense dummies fails with a MemoryError instead of pushing
@@ -64,7 +64,8 @@ def prepare(p):
     p["rel"] = np.where(p["cohort"] > 0, p["time"] - p["cohort"], -1)
     return p
 panel = prepare(staggered_panel({n}, {t}))
-small = prepare(staggered_panel(300, {t}, seed=1))
+# the warm-up panel is above estimators.fe.FAST_MIN_ROWS, so the compiled kernels load here
+small = prepare(staggered_panel(-(-25_000 // {t}), {t}, seed=1))
 {imports}
 def fit(p):
 {fit}
@@ -157,8 +158,8 @@ def bench_scale(quick: bool) -> list[dict[str, Any]]:
                     continue
                 res = _measure(p_imports, p_fit, n, t)
                 if "error" in res:
-                    rows.append({**row, "note": "; ".join(x for x in (note, "fails: "
-                                                                      + res["error"]) if x)})
+                    why = "fails (12 GB address-space cap): " + res["error"]
+                    rows.append({**row, "note": "; ".join(x for x in (note, why) if x)})
                     continue
                 diff = abs(res["estimate"] - ours["estimate"])
                 rows.append({**row, "peer_s": res["seconds"],
