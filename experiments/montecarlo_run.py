@@ -170,7 +170,9 @@ def failure_table(results: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
 
 #: data keys that put a differential trend into a simulator's untreated outcome; with all of
 #: them at zero, parallel trends hold by construction and a pre-test's rejections are false
-TREND_KEYS = ("trend_gap", "trend_pgdp")
+#: (province: trend_gap, trend_pgdp; data=staggered: trend_slope). A registered simulator
+#: with such a knob names it here.
+TREND_KEYS = ("trend_gap", "trend_pgdp", "trend_slope")
 
 
 def parallel_trends_hold(cfg: DictConfig) -> bool:

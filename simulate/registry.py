@@ -19,6 +19,10 @@ A simulator module provides
   columns ``y0_<outcome>`` / ``te_<outcome>``) and takes every random number from ``rng``;
 - ``SIMULATOR = Simulator(kind=..., dgp=..., draw=..., outcomes=..., summary=...)``.
 
+A knob that makes untreated trends differ between treated and control units must be
+listed in ``experiments.montecarlo_run.TREND_KEYS``, so that reports do not call a
+pre-test's rejections false where the design breaks parallel trends on purpose.
+
 Adding one: write the module, add its import path to :data:`MODULES`, and add
 ``conf/data/<kind>.yaml`` with ``defaults: [/schema/data/<kind>@_here_, _self_]``.
 """
