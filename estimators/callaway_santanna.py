@@ -7,6 +7,8 @@ dynamic, group, calendar), as R's ``did`` does. Inference from the influence fun
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -322,17 +324,434 @@ def multiplier_bootstrap(inf: np.ndarray, n_boot: int, rng: np.random.Generator
     s5 = np.sqrt(5.0)
     v = np.where(rng.random((n_boot, n)) < (s5 + 1) / (2 * s5), (1 - s5) / 2, (1 + s5) / 2)
     bres = (v @ inf) / np.sqrt(n)                            # sqrt(n) * mean(v * inf)
+    return _bootstrap_summary(bres, n)
+
+
+def uniform_critical_value(z: np.ndarray, alpha: float) -> float:
+    """Critical value of a simultaneous band: the 1 - alpha quantile of max |b / sigma|."""
+    return float(np.quantile(np.nanmax(np.abs(z), axis=1), 1 - alpha, method="inverted_cdf"))
+
+
+# --- the fast engine ------------------------------------------------------------------------
+#
+# Every influence function the estimator reports (cells and aggregations) is linear in a few
+# per-unit factors: unit i's influence on reported quantity l is F[i] @ coef[code[i], :, l],
+# with F an (n, k) array and code[i] a block of units sharing coefficients. Without
+# covariates the block is the unit's cohort and F[i] = w_i (y_i1 - m_c1, ..., y_iT - m_cT, 1)
+# (outcomes centred at their cohort means m, unit weight w_i): each 2x2's influence function
+# is a cohort-specific combination of two periods. With covariates F holds the cells'
+# influence functions (from did_2x2, as the reference) and the cohort indicators, in one
+# block. The estimation-weight terms of the aggregations (R did's ``wif``) are w_i times a
+# cohort coefficient. So the analytic variances need only the per-block Gram matrices F'F
+# (k x k), and the multiplier bootstrap only the draws' sums of F per block: no n x cells
+# matrix is formed without covariates, and no n x draws matrix ever.
+
+#: engines of :meth:`CallawaySantAnna.fit`: ``"fast"`` (cohort sufficient statistics, the
+#: factor form above, a compiled bootstrap) and ``"reference"`` (the per-cell code path with
+#: dense influence functions, kept to pin the fast one: tests/test_cs_fast.py)
+ENGINES = ("fast", "reference")
+ENGINE = "fast"
+#: threads of the compiled multiplier bootstrap (each draws a contiguous range of draws from
+#: its own copy of the generator, advanced to that range: the numbers do not depend on it)
+BOOT_THREADS = max(1, min(2, os.cpu_count() or 1))
+#: draws x units below which the bootstrap stays on one thread (thread start-up dominates)
+_PARALLEL_MIN = 2_000_000
+
+_S5 = np.sqrt(5.0)
+#: Mammen's two-point law, as multiplier_bootstrap: (1 - sqrt5)/2 with probability _MAMMEN_P
+_MAMMEN_P = (_S5 + 1) / (2 * _S5)
+_MAMMEN_LO = (1 - _S5) / 2
+_MAMMEN_HI = (1 + _S5) / 2
+_NUMBA = importlib.util.find_spec("numba") is not None
+
+
+def _k_cohort_sums(y, code, uw, n_blocks):  # pragma: no cover - compiled
+    """Weighted sums of each period's outcome, weights and unit counts by cohort block."""
+    n, t = y.shape
+    sy = np.zeros((n_blocks, t))
+    sw = np.zeros(n_blocks)
+    cnt = np.zeros(n_blocks, dtype=np.int64)
+    for i in range(n):
+        h = code[i]
+        sw[h] += uw[i]
+        cnt[h] += 1
+        for s in range(t):
+            sy[h, s] += uw[i] * y[i, s]
+    return sy, sw, cnt
+
+
+def _k_factors(y, code, uw, means, n_blocks):  # pragma: no cover - compiled
+    """F = w (y - cohort means, 1), its Gram matrix and column sums by block."""
+    n, t = y.shape
+    k = t + 1
+    f = np.empty((n, k))
+    gram = np.zeros((n_blocks, k, k))
+    colsum = np.zeros((n_blocks, k))
+    row = np.empty(k)
+    for i in range(n):
+        h = code[i]
+        for s in range(t):
+            row[s] = uw[i] * (y[i, s] - means[h, s])
+        row[t] = uw[i]
+        for a in range(k):
+            f[i, a] = row[a]
+            colsum[h, a] += row[a]
+            for b in range(a, k):
+                gram[h, a, b] += row[a] * row[b]
+    for h in range(n_blocks):
+        for a in range(k):
+            for b in range(a):
+                gram[h, a, b] = gram[h, b, a]
+    return f, gram, colsum
+
+
+def _k_mammen_hits(rng, f, code, out, p):  # pragma: no cover - compiled
+    """For each draw (a row of ``out``): the sums of F over the units whose uniform is
+    >= p (Mammen's upper point), by block. Uniforms come from ``rng`` in the order of
+    ``rng.random((draws, n))``, so the draws are those of multiplier_bootstrap."""
+    n, k = f.shape
+    hit = np.empty(n, dtype=np.int64)
+    for b in range(out.shape[0]):
+        m = 0
+        for i in range(n):  # branch-free compaction of the hits
+            hit[m] = i
+            m += rng.random() >= p
+        for j in range(m):
+            i = hit[j]
+            h = code[i]
+            for a in range(k):
+                out[b, h, a] += f[i, a]
+    return out
+
+
+_KERNELS: dict[str, Any] = {}
+
+
+def _kernel(name: str) -> Any:
+    """The compiled kernel ``_k_<name>`` (compiled, or loaded from numba's cache, once)."""
+    fn = _KERNELS.get(name)
+    if fn is None:
+        import numba
+
+        fn = numba.njit(cache=True, nogil=True)(globals()[f"_k_{name}"])
+        _KERNELS[name] = fn
+    return fn
+
+
+def _cohort_sums(y: np.ndarray, code: np.ndarray, uw: np.ndarray, n_blocks: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if _NUMBA:
+        return _kernel("cohort_sums")(y, code, uw, n_blocks)
+    sy = np.stack([np.bincount(code, weights=uw * y[:, s], minlength=n_blocks)
+                   for s in range(y.shape[1])], axis=1)
+    return sy, np.bincount(code, weights=uw, minlength=n_blocks), np.bincount(code, minlength=n_blocks)
+
+
+def _factors(y: np.ndarray, code: np.ndarray, uw: np.ndarray, means: np.ndarray, n_blocks: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if _NUMBA:
+        return _kernel("factors")(y, code, uw, means, n_blocks)
+    f = np.column_stack([uw[:, None] * (y - means[code]), uw])
+    return f, *_block_gram(f, code, n_blocks)
+
+
+def _block_gram(f: np.ndarray, code: np.ndarray, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    gram = np.zeros((n_blocks, f.shape[1], f.shape[1]))
+    colsum = np.zeros((n_blocks, f.shape[1]))
+    for h in range(n_blocks):
+        fh = f if n_blocks == 1 else f[code == h]
+        gram[h] = fh.T @ fh
+        colsum[h] = fh.sum(axis=0)
+    return gram, colsum
+
+
+@dataclass(frozen=True)
+class _FastCells:
+    """The ATT(g,t) of a panel with their influence functions in factor form (see above)."""
+
+    meta: GroupTime            # cells, shares, cohorts; ``inf`` is not formed (n x 0)
+    cohort_values: np.ndarray  # (H,) the cohorts present (positions, 0 = never treated)
+    f: np.ndarray              # (n, k) per-unit factors
+    code: np.ndarray           # (n,) block of each unit
+    gram: np.ndarray           # (B, k, k) F'F by block
+    colsum: np.ndarray         # (B, k) column sums of F by block
+    cz: np.ndarray             # (B, k, m) cell influence functions: inf_c(i) = F[i] @ cz[code[i], :, c]
+    wif_block: np.ndarray      # (H,) where w_i 1[cohort = h] lives in the factor form
+    wif_col: np.ndarray        # (H,)
+
+    def coefficients(self, wc: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """Factor coefficients ``(B, k, M)`` of the influence functions
+        ``inf_cells @ wc + w_i a[cohort_i]`` (``wc``: ``(m, M)``, ``a``: ``(H, M)``)."""
+        coef = np.einsum("hkc,cl->hkl", self.cz, wc)
+        coef[self.wif_block, self.wif_col, :] += a
+        return coef
+
+
+def _group_time_fast(w: Wide, control_group: str, base_period: str, anticipation: int,
+                     method: str, covariates: Sequence[str],
+                     unit_weights: np.ndarray | None = None) -> _FastCells:
+    """Every ATT(g,t) as :func:`group_time`, its influence functions in factor form.
+
+    Comparison groups (never treated, or never and not yet treated) are unions of cohorts,
+    so without covariates each 2x2 is a difference of cohort means of outcome changes,
+    read from the cohort sums of each period (one pass over the panel); with covariates
+    each cell's regression and propensity score are fitted by :func:`did_2x2`, as the
+    reference does.
+    """
+    periods = w.periods
+    n, t_count = w.y.shape
+    cohort_values, code = np.unique(w.cohort, return_inverse=True)
+    code = code.astype(np.intp).ravel()
+    n_coh = cohort_values.size
+    groups = cohort_values[cohort_values > 0]
+    groups = groups[groups > periods[0] + anticipation]  # need a pre-period
+    if groups.size == 0:
+        raise EstimationError("no treated cohort has a pre-treatment period in the sample")
+    uw = np.ones(n) if unit_weights is None else unit_weights / unit_weights.mean()
+    y = np.ascontiguousarray(w.y, dtype=np.float64)
+    sy, sw, count = _cohort_sums(y, code, uw, n_coh)
+    cells_g, cells_t, atts, reference, cell_cz = [], [], [], [], []
+    plain = not covariates
+    k = t_count + 1
+    if plain:
+        means = sy / sw[:, None]
+    dense: list[np.ndarray] = []
+    for gi in np.flatnonzero(np.isin(cohort_values, groups)):
+        g = cohort_values[gi]
+        pre = np.flatnonzero(periods + anticipation < g)
+        g_base = pre[-1]
+        for ti in range(0 if base_period == "universal" else 1, periods.size):
+            t = periods[ti]
+            if base_period == "varying":
+                base = g_base if t >= g - anticipation else ti - 1
+            else:
+                base = g_base
+                if ti == base:  # the base period itself: ATT 0 by construction, no variance
+                    cells_g.append(g)
+                    cells_t.append(t)
+                    atts.append(0.0)
+                    reference.append(True)
+                    if plain:
+                        cell_cz.append(np.zeros((n_coh, k)))
+                    else:
+                        dense.append(np.zeros(n))
+                    continue
+            if control_group == "nevertreated":
+                ctrl = cohort_values == 0
+            else:
+                later = max(t, periods[base]) + anticipation
+                ctrl = (cohort_values == 0) | ((cohort_values > later) & (cohort_values != g))
+            if count[ctrl].sum() == 0:
+                continue
+            if plain:
+                # ATT = mean change of the cohort minus that of the comparison cohorts;
+                # influence function n w_i D_i (dy_i - mu1)/S_D - n w_i C_i (dy_i - mu0)/S_C
+                s_d, s_c = sw[gi], sw[ctrl].sum()
+                mu1 = (sy[gi, ti] - sy[gi, base]) / s_d
+                mu0 = (sy[ctrl, ti] - sy[ctrl, base]).sum() / s_c
+                cz = np.zeros((n_coh, k))
+                for h, scale, mu in ((np.array([gi]), n / s_d, mu1),
+                                     (np.flatnonzero(ctrl), -n / s_c, mu0)):
+                    cz[h, ti] += scale
+                    cz[h, base] -= scale
+                    cz[h, t_count] = scale * (means[h, ti] - means[h, base] - mu)
+                att = mu1 - mu0
+                cell_cz.append(cz)
+            else:
+                treated = code == gi
+                keep = treated | ctrl[code]
+                dy = w.y[keep, ti] - w.y[keep, base]
+                x = np.column_stack([np.ones(int(keep.sum()))]
+                                    + [w.x[c][keep, base] for c in covariates])
+                att, inf_sub = did_2x2(dy, treated[keep].astype(int), x, method,
+                                       None if unit_weights is None else unit_weights[keep])
+                inf = np.zeros(n)
+                inf[keep] = inf_sub * (n / keep.sum())
+                dense.append(inf)
+            cells_g.append(g)
+            cells_t.append(t)
+            atts.append(att)
+            reference.append(False)
+    if not atts or all(reference):
+        raise EstimationError("no group-time cell has a comparison group")
+    group = np.array(cells_g)
+    m = group.size
+    pg_by_g = dict(zip(cohort_values.tolist(), (sw / n).tolist()))
+    meta = GroupTime(group, np.array(cells_t), np.array(atts, dtype=float), np.empty((n, 0)),
+                     np.array([pg_by_g[g] for g in group.tolist()]), w.cohort, n,
+                     reference=np.array(reference, dtype=bool),
+                     unit_weights=None if unit_weights is None else uw)
+    if plain:
+        f, gram, colsum = _factors(y, code, uw, means, n_coh)
+        cz = np.stack(cell_cz, axis=-1)                      # (H, k, m)
+        return _FastCells(meta, cohort_values, f, code, gram, colsum, cz,
+                          np.arange(n_coh), np.full(n_coh, t_count))
+    # covariates: one block, F = (cell influence functions, w_i 1[cohort = h])
+    f = np.empty((n, m + n_coh))
+    for c, col in enumerate(dense):
+        f[:, c] = col
+    del dense
+    for h in range(n_coh):
+        f[:, m + h] = np.where(code == h, uw, 0.0)
+    one = np.zeros(n, dtype=np.intp)
+    gram, colsum = _block_gram(f, one, 1)
+    cz = np.zeros((1, m + n_coh, m))
+    cz[0, np.arange(m), np.arange(m)] = 1.0
+    return _FastCells(meta, cohort_values, f, one, gram, colsum, cz,
+                      np.zeros(n_coh, dtype=np.intp), m + np.arange(n_coh))
+
+
+def _wif_coef(groups_k: np.ndarray, pk: np.ndarray, att_k: np.ndarray,
+              cohort_values: np.ndarray) -> np.ndarray:
+    """:func:`_wif` ``@ att_k`` in factor form: ``w_i a[cohort_i]`` (its constant part,
+    ``-sum(pk att)/S + S sum(pk att)/S^2``, is zero)."""
+    s = pk.sum()
+    a = np.zeros(cohort_values.size)
+    np.add.at(a, np.searchsorted(cohort_values, groups_k), att_k / s - (pk @ att_k) / s**2)
+    return a
+
+
+def _linear_aggregations(gt: GroupTime, cohort_values: np.ndarray
+                         ) -> tuple[list[str], list[Any], np.ndarray, np.ndarray, np.ndarray]:
+    """Every row :meth:`CallawaySantAnna.fit` reports, in its order (cells, then each
+    aggregation's levels, then the overall dynamic, group and calendar effects), as
+    :func:`aggregate` computes them: kinds, levels (positions), estimates and each row's
+    influence function as ``inf_cells @ wc + w_i a[cohort_i]`` (``wc``: ``(m, M)``,
+    ``a``: ``(H, M)``)."""
+    m = gt.att.size
+    n_coh = cohort_values.size
+    kinds: list[str] = ["group_time"] * m
+    levels: list[Any] = [None] * m
+    ests: list[float] = list(gt.att)
+    wcs: list[np.ndarray] = list(np.eye(m))
+    as_: list[np.ndarray] = [np.zeros(n_coh)] * m
+    post = gt.group <= gt.time
+    estimated = ~gt.reference if gt.reference is not None else np.ones(m, dtype=bool)
+
+    def agg(keepers: np.ndarray, weights: np.ndarray, with_wif: bool
+            ) -> tuple[float, np.ndarray, np.ndarray]:
+        est = float(gt.att[keepers] @ weights)
+        wc = np.zeros(m)
+        wc[keepers] = weights
+        a = (_wif_coef(gt.group[keepers], gt.pg[keepers], gt.att[keepers], cohort_values)
+             if with_wif else np.zeros(n_coh))
+        return est, wc, a
+
+    def add(kind: str, level: Any, row: tuple[float, np.ndarray, np.ndarray]) -> None:
+        kinds.append(kind)
+        levels.append(level)
+        ests.append(row[0])
+        wcs.append(row[1])
+        as_.append(row[2])
+
+    k = np.flatnonzero(post)
+    add("simple", "ATT", agg(k, gt.pg[k] / gt.pg[k].sum(), True))
+    # dynamic: a universal base period is the reference of the event study, not an estimate
+    e_all = gt.time - gt.group
+    dyn = []
+    for e in np.unique(e_all[estimated]):
+        k = np.flatnonzero((e_all == e) & estimated)
+        row = agg(k, gt.pg[k] / gt.pg[k].sum(), True)
+        add("dynamic", e, row)
+        if e >= 0:
+            dyn.append(row)
+    overall = [(float(np.mean([r[0] for r in dyn])), np.mean([r[1] for r in dyn], axis=0),
+                np.mean([r[2] for r in dyn], axis=0))]
+    # group: a cohort with no post-period cell drops out, as in R did
+    glist = np.array([g for g in np.unique(gt.group) if ((gt.group == g) & post).any()])
+    grows = []
+    for g in glist:
+        k = np.flatnonzero((gt.group == g) & post)
+        row = agg(k, np.full(k.size, 1.0 / k.size), False)
+        add("group", g, row)
+        grows.append(row)
+    att_g = np.array([r[0] for r in grows])
+    pg_g = np.array([gt.pg[gt.group == g][0] for g in glist])
+    wg = pg_g / pg_g.sum()
+    overall.append((float(att_g[np.arange(glist.size)] @ wg),
+                    np.array([r[1] for r in grows]).T @ wg,
+                    _wif_coef(glist, pg_g, att_g, cohort_values)))
+    crows = []
+    for t in np.unique(gt.time[post]):
+        k = np.flatnonzero((gt.time == t) & post)
+        row = agg(k, gt.pg[k] / gt.pg[k].sum(), True)
+        add("calendar", t, row)
+        crows.append(row)
+    overall.append((float(np.mean([r[0] for r in crows])), np.mean([r[1] for r in crows], axis=0),
+                    np.mean([r[2] for r in crows], axis=0)))
+    for kind, row in zip(("dynamic", "group", "calendar"), overall):
+        add(kind, "overall", row)
+    return (kinds, levels, np.array(ests, dtype=float), np.column_stack(wcs),
+            np.column_stack(as_))
+
+
+def _mammen_hits(f: np.ndarray, code: np.ndarray, n_blocks: int, n_boot: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Per draw and block, the sum of F over the units with Mammen's upper point, from the
+    uniforms ``rng.random((n_boot, n))`` would give (so multiplier_bootstrap's draws)
+    whatever the threads; ``rng`` is left where that call would leave it."""
+    n, k = f.shape
+    out = np.zeros((n_boot, n_blocks, k))
+    if not _NUMBA:  # numpy: blocks of draws, bounded memory, the same stream
+        rows = max(1, 4_000_000 // max(n, 1))
+        for b0 in range(0, n_boot, rows):
+            hit = (rng.random((min(rows, n_boot - b0), n)) >= _MAMMEN_P).astype(float)
+            for h in range(n_blocks):
+                sel = code == h
+                out[b0:b0 + hit.shape[0], h] = hit[:, sel] @ f[sel]
+        return out
+    kernel = _kernel("mammen_hits")
+    bg = rng.bit_generator
+    threads = min(BOOT_THREADS, n_boot)
+    # PCG64 streams jump ahead exactly (one 64-bit output per double): each thread starts
+    # its range of draws where the single stream would be
+    if (threads == 1 or n * n_boot < _PARALLEL_MIN
+            or not isinstance(bg, (np.random.PCG64, np.random.PCG64DXSM))):
+        kernel(rng, f, code, out, _MAMMEN_P)
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    cuts = np.linspace(0, n_boot, threads + 1).astype(int)
+    start = bg.state
+    gens = [rng]
+    for c in cuts[1:-1]:
+        copy = type(bg)()
+        copy.state = start
+        copy.advance(int(c) * n)
+        gens.append(np.random.Generator(copy))
+    with ThreadPoolExecutor(threads) as pool:
+        jobs = [pool.submit(kernel, g, f, code, out[c0:c1], _MAMMEN_P)
+                for g, c0, c1 in zip(gens, cuts[:-1], cuts[1:])]
+        for job in jobs:
+            job.result()
+    # the caller's generator ends where n_boot * n doubles from ``start`` end (advance
+    # drops a buffered 32-bit value, which random() never touches: keep it)
+    bg.advance(int(n_boot - cuts[1]) * n)
+    end = bg.state
+    end["has_uint32"], end["uinteger"] = start["has_uint32"], start["uinteger"]
+    bg.state = end
+    return out
+
+
+def _bootstrap_sums(cells: _FastCells, coef: np.ndarray, n_boot: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """``v @ inf / sqrt(n)`` of multiplier_bootstrap for every reported row, from the
+    factor form: v = lo + (hi - lo) 1[u >= p], so sum_i v_i F_i = lo * sum F + (hi - lo)
+    * (the sum over the hits)."""
+    hits = _mammen_hits(cells.f, cells.code, cells.gram.shape[0], n_boot, rng)
+    sums = _MAMMEN_LO * cells.colsum[None] + (_MAMMEN_HI - _MAMMEN_LO) * hits
+    return (sums.reshape(n_boot, -1) @ coef.reshape(-1, coef.shape[-1])) / np.sqrt(cells.meta.n)
+
+
+def _bootstrap_summary(bres: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """R did's bootstrap SEs (IQR / (z_.75 - z_.25) / sqrt(n), quantile type 1) and the
+    standardised draws from ``bres = v @ inf / sqrt(n)`` (``(n_boot, m)``)."""
     q75 = np.quantile(bres, 0.75, axis=0, method="inverted_cdf")
     q25 = np.quantile(bres, 0.25, axis=0, method="inverted_cdf")
     sigma = (q75 - q25) / (special.ndtri(0.75) - special.ndtri(0.25))
     with np.errstate(divide="ignore", invalid="ignore"):
         z = bres / sigma
     return sigma / np.sqrt(n), z
-
-
-def uniform_critical_value(z: np.ndarray, alpha: float) -> float:
-    """Critical value of a simultaneous band: the 1 - alpha quantile of max |b / sigma|."""
-    return float(np.quantile(np.nanmax(np.abs(z), axis=1), 1 - alpha, method="inverted_cdf"))
 
 
 @renamed(bootstrap=("n_boot", lambda old, new: (new or 999) if old else 0))
@@ -416,16 +835,17 @@ class CallawaySantAnna:
         if self.outcome in tuple(self.covariates):
             raise OptionError(f"covariates {list(self.covariates)} must not include the outcome")
 
-    def _pretests(self, gt: GroupTime, idx: np.ndarray, se: np.ndarray,
-                  notes: list[str]) -> dict[str, float]:
+    def _pretests(self, att: np.ndarray, pg: np.ndarray, n: int, idx: np.ndarray,
+                  se: np.ndarray, notes: list[str], v: np.ndarray) -> dict[str, float]:
         """Both pre-tests of parallel trends on the pre-period cells ``idx`` (``se``: every
-        cell's SE as reported); ``pretrend_p`` is the one the ``pretest`` option names."""
+        cell's SE as reported, ``v``: the cells' covariance, ``(idx.size, idx.size)``);
+        ``pretrend_p`` is the one the ``pretest`` option names."""
         out: dict[str, float] = {"pretrend_df1": float(idx.size)}
-        b = gt.att[idx]
+        b = att[idx]
         # small cohorts: each cell's SE rests mostly on its cohort's n_g units, so the
         # t-statistic gets the n_g / (n_g - 1) variance correction and a t(n_g - 1) law
         # (the Welch approximation when the treated side dominates), not the normal
-        n_g = np.maximum(np.rint(gt.pg[idx] * gt.n), 2.0)
+        n_g = np.maximum(np.rint(pg[idx] * n), 2.0)
         t = np.abs(b / se[idx]) * np.sqrt((n_g - 1) / n_g)
         if np.isfinite(t).all():
             p_cells = 2 * special.stdtr(n_g - 1, -t)
@@ -433,7 +853,6 @@ class CallawaySantAnna:
             out.update(pretrend_maxt=float(t.max()),
                        pretrend_sidak_p=float(-np.expm1(idx.size * np.log1p(-p_min)))
                        if p_min < 1 else 1.0)
-        v = gt.inf[:, idx].T @ gt.inf[:, idx] / gt.n**2
         rank = np.linalg.matrix_rank(v)
         if rank < idx.size:
             # R did drops the test with a warning; say why it is missing
@@ -452,8 +871,11 @@ class CallawaySantAnna:
         """Whether the multiplier bootstrap gives the SEs (``n_boot > 0``)."""
         return self.n_boot > 0
 
-    @excluding_always_treated
-    def group_time(self, panel: pd.DataFrame) -> GroupTime:
+    def _positions(self, panel: pd.DataFrame
+                   ) -> tuple[Wide, np.ndarray | None, np.ndarray, tuple[str, ...]]:
+        """The panel as matrices on period positions (both engines start here): the wide
+        panel with periods and cohorts counted 1, 2, ... (0 = never treated), the unit
+        weights (None without ``weights``), the calendar periods and notes."""
         self.check()
         notes: tuple[str, ...] = ()
         cohorts = panel[COHORT].to_numpy()
@@ -487,16 +909,34 @@ class CallawaySantAnna:
         # positions count from 1 so that cohort 0 keeps meaning "never treated"
         positions = replace(w, periods=np.arange(1, calendar.size + 1, dtype=np.int64),
                             cohort=np.where(treated, cohort + 1, 0).astype(np.int64))
+        return positions, unit_weights, calendar, notes
+
+    @excluding_always_treated
+    def group_time(self, panel: pd.DataFrame) -> GroupTime:
+        """Every ATT(g,t) with its dense influence functions (the reference computation)."""
+        positions, unit_weights, calendar, notes = self._positions(panel)
         gt = group_time(positions, self.control_group, self.base_period, self.anticipation,
                         self.method, tuple(self.covariates), unit_weights)
         return replace(gt, periods=calendar, notes=notes)
 
     @excluding_always_treated
-    def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
-        gt = self.group_time(panel)
+    def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None,
+            engine: str | None = None) -> Estimate:
+        """Estimate (see the class docstring); ``engine`` overrides :data:`ENGINE`
+        (``"fast"`` or ``"reference"``: the same numbers to rounding, pinned in
+        tests/test_cs_fast.py)."""
+        engine = ENGINE if engine is None else engine
+        check_choice("engine", engine, ENGINES)
         if self.bootstrap and rng is None:
+            self.check()
             raise OptionError(f"n_boot={self.n_boot} (the multiplier bootstrap) needs a "
                               "generator: fit(panel, rng=...)")
+        if engine == "reference":
+            return self._fit_reference(panel, rng)
+        return self._fit_fast(panel, rng)
+
+    def _fit_reference(self, panel: pd.DataFrame, rng: np.random.Generator | None) -> Estimate:
+        gt = self.group_time.__wrapped__(self, panel)
         frames = []
         overall: dict[str, tuple[float, np.ndarray]] = {}
         for kind in AGGREGATIONS:
@@ -519,40 +959,83 @@ class CallawaySantAnna:
                     "aggregation": [kind], "level": ["overall"], "estimate": [overall[kind][0]],
                     "inf": [overall[kind][1]]})], ignore_index=True)
         infs = np.column_stack(detail["inf"].to_list())
-        crit = critical_value(self.alpha, None)
         if self.bootstrap:
             se, zdraws = multiplier_bootstrap(infs, self.n_boot, rng)
+        else:
+            se, zdraws = np.sqrt(np.mean(infs**2, axis=0) / gt.n), None
+
+        def cov(idx: np.ndarray) -> np.ndarray:
+            return infs[:, idx].T @ infs[:, idx] / gt.n**2
+
+        return self._estimate(panel, gt, detail["aggregation"].to_numpy(),
+                              detail["level"].to_list(), detail["estimate"].to_numpy(float),
+                              se, zdraws, cov)
+
+    def _fit_fast(self, panel: pd.DataFrame, rng: np.random.Generator | None) -> Estimate:
+        positions, unit_weights, calendar, notes = self._positions(panel)
+        cells = _group_time_fast(positions, self.control_group, self.base_period,
+                                 self.anticipation, self.method, tuple(self.covariates),
+                                 unit_weights)
+        gt = replace(cells.meta, periods=calendar, notes=notes)
+        kinds, levels, est, wc, a = _linear_aggregations(gt, cells.cohort_values)
+        levels = [gt.label(l) if k in ("group", "calendar") and not isinstance(l, str) else l
+                  for k, l in zip(kinds, levels)]
+        levels[: gt.att.size] = [f"{g}:{t}" for g, t in zip(gt.label(gt.group), gt.label(gt.time))]
+        coef = cells.coefficients(wc, a)                  # (H, k, M)
+        n = gt.n
+        if self.bootstrap:
+            bres = _bootstrap_sums(cells, coef, self.n_boot, rng)
+            se, zdraws = _bootstrap_summary(bres, n)
+        else:
+            se = np.sqrt(np.maximum(np.einsum("hkl,hkj,hjl->l", coef, cells.gram, coef,
+                                              optimize=True), 0.0)) / n
+            zdraws = None
+
+        def cov(idx: np.ndarray) -> np.ndarray:
+            c = coef[:, :, idx]
+            return np.einsum("hkl,hkj,hjm->lm", c, cells.gram, c, optimize=True) / n**2
+
+        return self._estimate(panel, gt, np.asarray(kinds, dtype=object), levels, est, se,
+                              zdraws, cov)
+
+    def _estimate(self, panel: pd.DataFrame, gt: GroupTime, kinds: np.ndarray,
+                  levels: list[Any], est: np.ndarray, se: np.ndarray,
+                  zdraws: np.ndarray | None, cov: Any) -> Estimate:
+        """The Estimate from every reported quantity (both engines end here): ``kinds`` and
+        ``levels`` name the rows (cells first, then the aggregations), ``se`` their SEs,
+        ``zdraws`` the standardised bootstrap draws (None: analytic), ``cov(idx)`` the
+        covariance of the rows ``idx``."""
+        crit = critical_value(self.alpha, None)
+        if self.bootstrap:
             inference = f"multiplier bootstrap ({self.n_boot} draws, Mammen), clustered by unit"
         else:
-            se = np.sqrt(np.mean(infs**2, axis=0) / gt.n)
             inference = "influence function, clustered by unit, normal"
-        est = detail["estimate"].to_numpy(float)
         with np.errstate(divide="ignore", invalid="ignore"):
             stat = est / se
+        level_str = np.array([str(l) for l in levels], dtype=object)
         terms = pd.DataFrame({
-            "term": [f"{a}:{l}" for a, l in zip(detail["aggregation"], detail["level"])],
+            "term": [f"{a}:{l}" for a, l in zip(kinds, levels)],
             "estimate": est, "std_error": se, "statistic": stat,
             "p_value": 2 * special.ndtr(-np.abs(stat)),
             "conf_low": est - crit * se, "conf_high": est + crit * se,
-            "aggregation": detail["aggregation"].to_numpy(),
-            "level": detail["level"].astype(str).to_numpy(),
+            "aggregation": kinds,
+            "level": level_str,
         })
+        dyn_mask = (kinds == "dynamic") & (level_str != "overall")
+        dyn_idx = np.flatnonzero(dyn_mask)
         if self.bootstrap:
             # uniform (simultaneous) band for the event-time effects, as R did's cband, from
             # the same bootstrap draws
-            dyn = (terms["aggregation"] == "dynamic") & (terms["level"] != "overall")
-            dyn_idx = np.flatnonzero(dyn.to_numpy())
             ucrit = uniform_critical_value(zdraws[:, dyn_idx], self.alpha)
             terms["uniform_low"] = np.nan
             terms["uniform_high"] = np.nan
-            terms.loc[dyn, "uniform_low"] = est[dyn_idx] - ucrit * se[dyn_idx]
-            terms.loc[dyn, "uniform_high"] = est[dyn_idx] + ucrit * se[dyn_idx]
-        terms["event_time"] = np.where(
-            (terms["aggregation"] == "dynamic") & (terms["level"] != "overall"),
-            pd.to_numeric(terms["level"], errors="coerce"), np.nan)
+            terms.loc[dyn_mask, "uniform_low"] = est[dyn_idx] - ucrit * se[dyn_idx]
+            terms.loc[dyn_mask, "uniform_high"] = est[dyn_idx] + ucrit * se[dyn_idx]
+        event = np.full(len(levels), np.nan)
+        event[dyn_idx] = pd.to_numeric(pd.Series(level_str[dyn_idx]), errors="coerce").to_numpy()
+        terms["event_time"] = event
         head_name = "simple:ATT" if self.aggregation == "simple" else f"{self.aggregation}:overall"
         h = int(np.flatnonzero(terms["term"].to_numpy() == head_name)[0])
-        pre = terms[(terms["aggregation"] == "group_time")]
         pre_mask = (gt.time < gt.group - self.anticipation)
         if gt.reference is not None:
             pre_mask &= ~gt.reference  # a universal base period is no test of anything
@@ -560,25 +1043,25 @@ class CallawaySantAnna:
         notes = [f"control group: {self.control_group}; base period: {self.base_period}; "
                  f"method: {self.method}", *gt.notes]
         if pre_mask.any():
-            diagnostics.update(self._pretests(gt, np.flatnonzero(pre_mask), se[: gt.att.size], notes))
+            idx = np.flatnonzero(pre_mask)
+            diagnostics.update(self._pretests(gt.att, gt.pg, gt.n, idx, se[: gt.att.size],
+                                              notes, cov(idx)))
         else:
             notes.append("pre-test of parallel trends not computed: no pre-period ATT(g,t)")
         if self.bootstrap:
             diagnostics["uniform_crit"] = ucrit
-        del pre
-        dyn_mask = ((terms["aggregation"] == "dynamic") & (terms["level"] != "overall")).to_numpy()
-        dyn_idx = np.flatnonzero(dyn_mask)
-        ev_names = [f"ev{int(float(l)):+d}" for l in terms["level"].to_numpy()[dyn_idx]]
+        ev_names = [f"ev{int(float(l)):+d}" for l in level_str[dyn_idx]]
         if self.bootstrap:
             z = zdraws[:, dyn_idx] * se[dyn_idx]
             ev_cov = np.cov(z, rowvar=False)
         else:
-            ev_cov = infs[:, dyn_idx].T @ infs[:, dyn_idx] / gt.n**2
+            ev_cov = cov(dyn_idx)
         event_cov = pd.DataFrame(np.atleast_2d(ev_cov), index=ev_names, columns=ev_names)
+        p_value = terms["p_value"].to_numpy()
         return Estimate(
             estimator=self.label, term="ATT" if self.aggregation == "simple" else f"ATT_{self.aggregation}",
-            estimate=float(est[h]), std_error=float(se[h]), p_value=float(terms["p_value"].iloc[h]),
-            conf_low=float(terms["conf_low"].iloc[h]), conf_high=float(terms["conf_high"].iloc[h]),
+            estimate=float(est[h]), std_error=float(se[h]), p_value=float(p_value[h]),
+            conf_low=float(est[h] - crit * se[h]), conf_high=float(est[h] + crit * se[h]),
             alpha=self.alpha, n_obs=int(gt.n * panel_periods(panel)), n_units=gt.n,
             n_clusters=gt.n, inference=inference, terms=terms, diagnostics=diagnostics,
             notes=tuple(notes),

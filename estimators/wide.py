@@ -37,14 +37,22 @@ def to_wide(panel: pd.DataFrame, outcome: str, covariates: Sequence[str] = (),
             f"{info.n_units} units x {info.n_periods} periods (drop or complete units first)"
         )
     n, t = info.n_units, info.n_periods
+    # balanced: the (unit, period) codes are a permutation of 0..n*t-1, so each column is
+    # scattered to its cell in O(N) (no sort, no pandas pivot); the codes count the sorted
+    # levels, so rows come out in sorted units and columns in sorted periods
     key = unit * t + time
-    order = np.argsort(key, kind="stable")
 
     def mat(v: np.ndarray) -> np.ndarray:
-        return v[order].reshape(n, t)
+        out = np.empty(n * t, dtype=v.dtype)
+        out[key] = v
+        return out.reshape(n, t)
 
-    units = np.unique(panel[UNIT].to_numpy())
-    periods = np.unique(arrays[TIME]).astype(np.int64)
-    cohort = mat(arrays[COHORT])[:, 0].astype(np.int64)
+    unit_raw = panel[UNIT].to_numpy()
+    units = np.empty(n, dtype=unit_raw.dtype)
+    units[unit] = unit_raw
+    periods = np.empty(t, dtype=np.int64)
+    periods[time] = arrays[TIME]
+    cohort = np.empty(n, dtype=np.int64)
+    cohort[unit] = arrays[COHORT]  # constant within unit (checked by check_panel)
     return Wide(units, periods, cohort, mat(arrays[outcome]),
                 {c: mat(arrays[c]) for c in covariates})
