@@ -977,69 +977,10 @@ def main(argv: list[str] | None = None) -> None:
 EXTRA_BENCHES: list[Callable[[argparse.Namespace], tuple[str, Any]]] = []
 
 
-# --- imputation on large panels: time and peak memory, each in a fresh process -------------
-
-_IMPUTATION_SCRIPT = """
-import resource, sys, time, warnings
-import numpy as np, pandas as pd
-n, T, tool = int(sys.argv[1]), 10, sys.argv[2]
-rng = np.random.default_rng(0)
-unit = np.repeat(np.arange(n), T); t = np.tile(np.arange(2000, 2000 + T), n)
-coh = rng.choice([0, 2004, 2006, 2008], size=n, p=[.4, .2, .2, .2])[unit]
-d = ((coh > 0) & (t >= coh)).astype(int)
-y = rng.normal(size=n)[unit] + 0.1 * (t - 2000) + 0.5 * d + rng.normal(size=n * T)
-p = pd.DataFrame({"unit": unit, "time": t, "cohort": coh, "d": d, "y": y})
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t0 = time.perf_counter()
-if tool == "didlab":
-    from estimators.imputation import Imputation
-    est = Imputation("y", pretrend_leads=0).fit(p).estimate
-else:
-    import pyfixest as pf
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fit = pf.did2s(p, yname="y", first_stage="~ 0 | unit + time", second_stage="~ d",
-                       treatment="d", cluster="unit")
-    est = float(fit.coef().iloc[0])
-sec = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(f"{sec} {peak / 1e6} {base / 1e6} {est}")
-"""
-
-
-def bench_imputation(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
-    """Imputation (Borusyak-Jaravel-Spiess) ATT with SEs on 4,650 and 100,000 units x 10
-    years, beside pyfixest's did2s (Gardner's two-stage, the same point estimate), each in
-    a fresh process so that the peak memory (max RSS) is the fit's own."""
-    import subprocess
-    import sys
-
-    rows = []
-    sizes = (4_650,) if args.quick else (4_650, 100_000)
-    for n in sizes:
-        for tool in ("didlab", "pyfixest"):
-            if tool == "pyfixest" and not _available("pyfixest"):
-                continue
-            proc = subprocess.run([sys.executable, "-c", _IMPUTATION_SCRIPT, str(n), tool],
-                                  capture_output=True, text=True, timeout=900)
-            if proc.returncode != 0:
-                rows.append({"rows": n * 10, "tool": tool, "error": proc.stderr.strip()[-200:]})
-                continue
-            sec, peak, base, est = (float(v) for v in proc.stdout.split())
-            rows.append({"rows": n * 10, "tool": tool, "seconds": sec, "peak_rss_gb": peak,
-                         "rss_before_fit_gb": base, "estimate": est})
-    print("\nImputation DID on large panels (one fit; peak memory of a fresh process)")
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    return "imputation", rows
-
-
 def _available(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
-
-
-EXTRA_BENCHES.append(bench_imputation)
 
 
 if __name__ == "__main__":
