@@ -356,6 +356,11 @@ ENGINE = "fast"
 BOOT_THREADS = max(1, min(2, os.cpu_count() or 1))
 #: draws x units below which the bootstrap stays on one thread (thread start-up dominates)
 _PARALLEL_MIN = 2_000_000
+#: uniforms drawn per numpy call in the bootstrap (2 MB: stays in cache), bytes of the
+#: per-thread mask of a block of draws, units per tile of the kernel (F's tile in cache)
+_CHUNK = 1 << 18
+_MASK_BYTES = 1 << 25
+_TILE = 8192
 
 _S5 = np.sqrt(5.0)
 #: Mammen's two-point law, as multiplier_bootstrap: (1 - sqrt5)/2 with probability _MAMMEN_P
@@ -405,22 +410,24 @@ def _k_factors(y, code, uw, means, n_blocks):  # pragma: no cover - compiled
     return f, gram, colsum
 
 
-def _k_mammen_hits(rng, f, code, out, p):  # pragma: no cover - compiled
-    """For each draw (a row of ``out``): the sums of F over the units whose uniform is
-    >= p (Mammen's upper point), by block. Uniforms come from ``rng`` in the order of
-    ``rng.random((draws, n))``, so the draws are those of multiplier_bootstrap."""
-    n, k = f.shape
-    hit = np.empty(n, dtype=np.int64)
-    for b in range(out.shape[0]):
-        m = 0
-        for i in range(n):  # branch-free compaction of the hits
-            hit[m] = i
-            m += rng.random() >= p
-        for j in range(m):
-            i = hit[j]
-            h = code[i]
-            for a in range(k):
-                out[b, h, a] += f[i, a]
+def _k_mammen_hits(mask, f, code, out, tile, hit):  # pragma: no cover - compiled
+    """Add unit i's factors to draw b's block sums where ``mask[b, i]`` (Mammen's upper
+    point). Units go in tiles that stay in cache across the block's draws: F is read once
+    per block of draws, not once per draw (at a million units that is the memory traffic)."""
+    n_draws, n = mask.shape
+    k = f.shape[1]
+    for i0 in range(0, n, tile):
+        i1 = min(i0 + tile, n)
+        for b in range(n_draws):
+            m = 0
+            for i in range(i0, i1):  # branch-free compaction of the hits
+                hit[m] = i
+                m += mask[b, i]
+            for r in range(m):
+                i = hit[r]
+                h = code[i]
+                for a in range(k):
+                    out[b, h, a] += f[i, a]
     return out
 
 
@@ -703,14 +710,34 @@ def _mammen_hits(f: np.ndarray, code: np.ndarray, n_blocks: int, n_boot: int,
     kernel = _kernel("mammen_hits")
     bg = rng.bit_generator
     threads = min(BOOT_THREADS, n_boot)
-    # PCG64 streams jump ahead exactly (one 64-bit output per double): each thread starts
-    # its range of draws where the single stream would be
-    if (threads == 1 or n * n_boot < _PARALLEL_MIN
-            or not isinstance(bg, (np.random.PCG64, np.random.PCG64DXSM))):
-        kernel(rng, f, code, out, _MAMMEN_P)
+    if n * n_boot < _PARALLEL_MIN or not isinstance(bg, (np.random.PCG64, np.random.PCG64DXSM)):
+        threads = 1
+
+    def draw(gen: np.random.Generator, part: np.ndarray) -> None:
+        # uniforms from numpy (the generator's own C loop, without the GIL) in the order of
+        # rng.random((draws, n)), turned into a byte mask for a block of draws, which the
+        # compiled kernel sums
+        rows = max(1, min(64, part.shape[0], _MASK_BYTES // n))
+        size = min(n, _CHUNK)
+        buf = np.empty(size)
+        mask = np.empty((rows, n), dtype=bool)
+        hit = np.empty(min(n, _TILE), dtype=np.int64)
+        for b0 in range(0, part.shape[0], rows):
+            block = mask[: min(rows, part.shape[0] - b0)]
+            for r in range(block.shape[0]):
+                for c0 in range(0, n, size):
+                    u = buf[: min(size, n - c0)]
+                    gen.random(out=u)
+                    np.greater_equal(u, _MAMMEN_P, out=block[r, c0:c0 + u.size])
+            kernel(block.view(np.uint8), f, code, part[b0:b0 + block.shape[0]], _TILE, hit)
+
+    if threads == 1:
+        draw(rng, out)
         return out
     from concurrent.futures import ThreadPoolExecutor
 
+    # PCG64 streams jump ahead exactly (one 64-bit output per double): each thread starts
+    # its range of draws where the single stream would be
     cuts = np.linspace(0, n_boot, threads + 1).astype(int)
     start = bg.state
     gens = [rng]
@@ -720,8 +747,7 @@ def _mammen_hits(f: np.ndarray, code: np.ndarray, n_blocks: int, n_boot: int,
         copy.advance(int(c) * n)
         gens.append(np.random.Generator(copy))
     with ThreadPoolExecutor(threads) as pool:
-        jobs = [pool.submit(kernel, g, f, code, out[c0:c1], _MAMMEN_P)
-                for g, c0, c1 in zip(gens, cuts[:-1], cuts[1:])]
+        jobs = [pool.submit(draw, g, out[c0:c1]) for g, c0, c1 in zip(gens, cuts[:-1], cuts[1:])]
         for job in jobs:
             job.result()
     # the caller's generator ends where n_boot * n doubles from ``start`` end (advance
