@@ -134,6 +134,15 @@ class Imputation:
     ``fast=True`` (default) solves the untreated regression by eliminating the unit
     effects exactly (memory linear in the rows: a 1,000,000-row panel fits in well under
     2 GB); ``fast=False`` builds the dense dummy matrix, the reference path.
+
+    ``autosample=True`` (default, Stata ``did_imputation``'s ``autosample``): a treated
+    observation whose fixed effects cannot be imputed (its period has no untreated
+    observation, as every period from the last cohort's adoption on when no unit is never
+    treated; or its unit has no untreated period) is dropped from the estimate and from
+    the estimand, and every average is taken over the remaining treated observations
+    (Stata renormalises each weight vector the same way; R ``didimputation`` drops the
+    observations whose prediction is missing). ``diagnostics["n_dropped_treated_obs"]``
+    counts them and a note says so. ``autosample=False`` raises instead.
     """
 
     outcome: str
@@ -142,6 +151,7 @@ class Imputation:
     pretrend_leads: int = 3
     alpha: float = 0.05
     fast: bool = True
+    autosample: bool = True
     label: str = "imputation"
 
     def check(self) -> None:
@@ -151,6 +161,8 @@ class Imputation:
         check_alpha(self.alpha)
         if self.outcome in tuple(self.controls):
             raise OptionError(f"controls {list(self.controls)} must not include the outcome")
+        if not isinstance(self.autosample, (bool, np.bool_)):
+            raise OptionError(f"autosample={self.autosample!r} must be True or False")
 
     @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
@@ -162,12 +174,15 @@ class Imputation:
         x = (np.column_stack([arrays[c] for c in self.controls]) if self.controls
              else np.empty((y.size, 0)))
         treated = arrays[D] == 1
+        rel_all = event_time(panel)   # on the whole panel: positions survive dropped rows
+        coh_all = arrays[COHORT]
+        lost, lost_note = self._not_imputable(unit, time, treated, n_units, n_periods)
+        n_lost = int(lost.sum())
+        if n_lost:
+            keep = ~lost
+            unit, time, y, x = unit[keep], time[keep], y[keep], x[keep]
+            treated, rel_all, coh_all = treated[keep], rel_all[keep], coh_all[keep]
         untreated = ~treated
-        # units or periods with no untreated observation cannot be imputed
-        if not (np.bincount(unit[untreated], minlength=n_units)[unit[treated]] > 0).all():
-            raise EstimationError("a treated unit has no untreated period: its effect cannot be imputed")
-        if not (np.bincount(time[untreated], minlength=n_periods)[time[treated]] > 0).all():
-            raise EstimationError("a period has no untreated unit: its year effect cannot be imputed")
         y0, y1 = y[untreated], y[treated]
         if self.fast:
             design = _TwoWay(unit, time, x, n_units, n_periods, untreated)
@@ -180,8 +195,8 @@ class Imputation:
             beta, *_ = np.linalg.lstsq(z0, y0, rcond=None)
             fitted0 = z0 @ beta
             tau = y1 - z1 @ beta
-        rel = event_time(panel)[treated]
-        coh = arrays[COHORT][treated]
+        rel = rel_all[treated]
+        coh = coh_all[treated]
         events = np.unique(rel)
         if self.horizons is not None:
             events = events[events <= self.horizons]
@@ -226,8 +241,9 @@ class Imputation:
         cov = scores.T @ scores
         ev_names = names[1:]
         event_cov = pd.DataFrame(cov[1:, 1:], index=ev_names, columns=ev_names)
-        diagnostics = {"n_treated_obs": float(tau.size)}
-        diagnostics.update(self._pretrend(panel[untreated], unit[untreated],
+        diagnostics = {"n_treated_obs": float(tau.size), "n_dropped_treated_obs": float(n_lost)}
+        # dropped rows are treated ones: the untreated rows are the panel's
+        diagnostics.update(self._pretrend(panel[arrays[D] != 1], unit[untreated],
                                           np.unique(panel[TIME].to_numpy())))
         return Estimate(
             estimator=self.label, term="ATT", estimate=float(est[0]), std_error=float(se[0]),
@@ -236,9 +252,39 @@ class Imputation:
             n_units=n_units, n_clusters=n_units,
             inference="BJS conservative variance (averaged treated residuals), clustered by unit, normal",
             terms=terms, diagnostics=diagnostics,
-            notes=(f"imputation model fitted on {int(untreated.sum())} untreated observations",),
+            notes=(f"imputation model fitted on {int(untreated.sum())} untreated observations",
+                   *lost_note),
             event_cov=event_cov,
         )
+
+    def _not_imputable(self, unit: np.ndarray, time: np.ndarray, treated: np.ndarray,
+                       n_units: int, n_periods: int) -> tuple[np.ndarray, tuple[str, ...]]:
+        """Treated rows whose unit or period effect has no untreated observation to be
+        estimated from (``did_imputation``'s ``cannot_impute``), and the note saying how
+        many were dropped; raises when ``autosample`` is off and there are any."""
+        untreated = ~treated
+        unit_ok = np.bincount(unit[untreated], minlength=n_units) > 0
+        period_ok = np.bincount(time[untreated], minlength=n_periods) > 0
+        no_unit = treated & ~unit_ok[unit]
+        no_period = treated & ~period_ok[time]
+        lost = no_unit | no_period
+        if not lost.any():
+            return lost, ()
+        if not self.autosample:
+            if no_unit.any():
+                raise EstimationError(f"{int(no_unit.sum())} treated observations belong to units with no "
+                                      "untreated period: their effects cannot be imputed "
+                                      "(autosample=True drops them)")
+            raise EstimationError(f"{int(no_period.sum())} treated observations are in periods with no "
+                                  "untreated unit: their period effects cannot be imputed "
+                                  "(autosample=True drops them)")
+        if not (treated & ~lost).any():
+            raise EstimationError("no treated observation can be imputed: every one is in a period "
+                                  "with no untreated unit or in a unit with no untreated period")
+        return lost, (f"autosample: {int(lost.sum())} treated observations dropped from the estimate "
+                      f"and the estimand because their fixed effects cannot be imputed "
+                      f"({int(no_period.sum())} in periods with no untreated unit, "
+                      f"{int(no_unit.sum())} in units with no untreated period)",)
 
     def _pretrend(self, untreated: pd.DataFrame, unit_codes: np.ndarray,
                   times: np.ndarray) -> dict[str, float]:
@@ -266,7 +312,18 @@ class Imputation:
 
     @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
-        from .callaway_santanna import staggered_truth
-
-        truth = staggered_truth(panel, self.outcome)
-        return {k: v for k, v in truth.items() if k == "ATT" or k.startswith("ev+")}
+        """True ``ATT`` and ``ev+k`` on a simulated panel (``te_<outcome>``): the mean
+        effect over the treated observations the estimate averages (with ``autosample``,
+        those whose fixed effects can be imputed), overall and at each event time."""
+        self.check()
+        _, unit, time, arrays = check_panel(panel, (), ())
+        treated = arrays[D] == 1
+        lost, _ = self._not_imputable(unit, time, treated, int(unit.max()) + 1,
+                                      int(time.max()) + 1)
+        kept = treated & ~lost
+        te = panel[f"te_{self.outcome}"].to_numpy(float)[kept]
+        rel = event_time(panel)[kept]
+        out = {"ATT": float(te.mean())}
+        for k in np.unique(rel):
+            out[f"ev{int(k):+d}"] = float(te[rel == k].mean())
+        return out

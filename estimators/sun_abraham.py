@@ -86,17 +86,8 @@ class SunAbraham(InferenceOptions):
         self.check()
         cluster = self.cluster_column
         check_panel(panel, (self.outcome,), tuple(self.controls))
-        data = panel
+        data, notes = self._comparison_sample(panel)
         cohort = data[COHORT].to_numpy()
-        notes = []
-        if self.control_group == "lasttreated" or not (cohort == 0).any():
-            last = cohort.max()
-            if not (cohort == 0).any():
-                notes.append(f"no never-treated unit: the last cohort ({last}) is the comparison")
-            keep = data["time"].to_numpy() < last
-            data = data.loc[keep].copy()
-            data[COHORT] = np.where(data[COHORT] == last, 0, data[COHORT])
-            cohort = data[COHORT].to_numpy()
         rel = event_time(data)
         cells, cell_of = _cells(cohort, rel, self.ref)
         if not cells:
@@ -164,12 +155,42 @@ class SunAbraham(InferenceOptions):
             event_cov=pd.DataFrame(ev_cov, index=ev_names, columns=ev_names),
         )
 
+    def _comparison_sample(self, panel: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+        """The rows the regression uses: all of them with a never-treated comparison;
+        otherwise (or with ``control_group="lasttreated"``) the periods before the last
+        cohort's adoption, that cohort relabelled as the comparison (cohort 0). Sun and
+        Abraham (2021, sec. 4.1): the last-treated cohort is a valid comparison only
+        until it is treated, so later periods identify no effect."""
+        cohort = panel[COHORT].to_numpy()
+        if not (self.control_group == "lasttreated" or not (cohort == 0).any()):
+            return panel, []
+        last = cohort.max()
+        notes = []
+        if not (cohort == 0).any():
+            notes.append(f"no never-treated unit: the last cohort ({last}) is the comparison")
+        data = panel.loc[panel["time"].to_numpy() < last].copy()
+        data[COHORT] = np.where(data[COHORT] == last, 0, data[COHORT])
+        return data, notes
+
     @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
-        from .callaway_santanna import staggered_truth
+        """True effects on a simulated panel (``te_<outcome>``) over the cells the
+        regression estimates (:meth:`_comparison_sample`), weighted as its aggregation:
+        ``ev+k`` the mean effect at event time k (minus that at ``ref``), ``ATT`` the mean
+        over every post-treatment cell's observations (with ``weights``, weighted means)."""
+        self.check()
+        data, _ = self._comparison_sample(panel)
+        te = data[f"te_{self.outcome}"].to_numpy(float)
+        wt = (data[self.weights].to_numpy(float) if self.weights
+              else np.ones(te.size))
+        rel = event_time(data)
+        inside = ~np.isnan(rel) & (data[COHORT].to_numpy() > 0)
 
-        truth = staggered_truth(panel, self.outcome)
-        base = truth.get(f"ev{self.ref:+d}", 0.0)
-        out = {k: v - base for k, v in truth.items() if k.startswith("ev")}
-        out["ATT"] = truth["ATT"]
+        def mean(m: np.ndarray) -> float:
+            return float((wt[m] * te[m]).sum() / wt[m].sum())
+
+        ev = {int(k): mean(inside & (rel == k)) for k in np.unique(rel[inside])}
+        base = ev.get(self.ref, 0.0)
+        out = {f"ev{k:+d}": v - base for k, v in ev.items()}
+        out["ATT"] = mean(inside & (rel >= 0))
         return out
