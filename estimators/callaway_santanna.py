@@ -1097,7 +1097,15 @@ class CallawaySantAnna:
     @excluding_always_treated
     def estimand(self, panel: pd.DataFrame) -> dict[str, float]:
         """True simple ATT (mean effect over treated unit-periods, cohorts weighted by size,
-        as the simple aggregation) and dynamic overall on a simulated panel."""
+        as the simple aggregation) and dynamic overall on a simulated panel, over the cells
+        :meth:`fit` estimates: with no never-treated unit under not-yet-treated comparisons
+        the last cohort is only a comparison and periods from its (anticipated) start go
+        (tests/test_estimands_all_treated.py, pinned to R did)."""
+        cohorts = panel[COHORT].to_numpy()
+        if self.control_group == "notyettreated" and not (cohorts == 0).any():
+            last = cohorts.max()
+            panel = panel.loc[(cohorts < last)
+                              & (panel[TIME].to_numpy() < last - self.anticipation)]
         return staggered_truth(panel, self.outcome, self.anticipation)
 
 
@@ -1126,7 +1134,7 @@ def staggered_truth(panel: pd.DataFrame, outcome: str, anticipation: int = 0) ->
         ev[int(k)] = float(te[m].mean())
         out[f"ev{int(k):+d}"] = ev[int(k)]
     out["ATT_dynamic"] = float(np.mean([v for k, v in ev.items() if k >= 0]))
-    groups = np.unique(coh[coh > 0])
+    groups = np.unique(coh[d & (coh > 0)])  # a cohort with no treated cell drops out, as in aggte
     by_g = {g: te[d & (coh == g)].mean() for g in groups}
     sizes = {g: np.unique(panel.loc[coh == g, "unit"]).size for g in groups}
     out["ATT_group"] = float(sum(by_g[g] * sizes[g] for g in groups) / sum(sizes.values()))

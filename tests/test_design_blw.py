@@ -176,10 +176,6 @@ def test_twfe_bias_matches_the_population_estimand_in_every_simulation(sim):
     assert abs(noise.mean()) < 3.5 * se
 
 
-@pytest.mark.xfail(strict=True, reason="estimators' issue: with no never-treated firm, CS "
-                   "(not yet treated) and Sun-Abraham estimate only periods before the last "
-                   "cohort, but their estimand() averages every treated cell; imputation "
-                   "refuses a period without untreated firms")
 def test_estimands_match_what_cs_sa_and_imputation_estimate_when_all_are_treated():
     p = _draw(6, 1)
     for est in (CallawaySantAnna("roa", control_group="notyettreated"),
