@@ -10,7 +10,8 @@ rounding, and on a noisy one the estimates are pinned to R (did, fixest, didimpu
 
 The panel is :func:`all_treated_panel` (seeded); the R numbers were computed on it written
 to CSV (``all_treated_panel().to_csv("panel.csv", index=False)``, R 4.2.2, did 2.5.1,
-fixest 0.12.2, didimputation 0.3.0 from github:kylebutts/didimputation@2b6dc49).
+fixest 0.12.2, didimputation 0.4.0 from github:kylebutts/didimputation@2b6dc49,
+its unused MatrixExtra import dropped from DESCRIPTION to install).
 """
 
 from __future__ import annotations
