@@ -261,48 +261,50 @@ class Collapse:
         """True value of the headline on a simulated panel: the ATT over treated cells."""
         return treated_att(panel, self.outcome)
 
-    def collapsed(self, panel: pd.DataFrame) -> pd.DataFrame:
-        """The two-period panel: one row per unit and period (``post`` 0/1) with the mean
-        ``value`` (step-1 residual or outcome) and ``treated``."""
+    def differences(self, panel: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Each unit's post-minus-pre mean (of the step-1 residual, or of the outcome under
+        ``method="simple"``) and whether it is treated, for the units observed on both
+        sides of their law (treated units only under ``"residual"``), in sorted unit
+        order."""
         self.check()
+        cohort = panel[COHORT].to_numpy()
         if self.method == "residual":
             # sorted by unit and period, fe_arrays keeps the rows in this order (it sorts an
             # unsorted balanced panel), so the residuals line up with the panel's rows
-            panel = panel.sort_values([UNIT, TIME], kind="stable")
+            order = np.lexsort((panel[TIME].to_numpy(), panel[UNIT].to_numpy()))
+            panel = panel.iloc[order]
+            cohort = cohort[order]
             arrays = fe_arrays(panel, self.outcome, tuple(self.controls), cluster=None)
-            y, x = arrays.within()
+            value, x = arrays.within()
             if x.shape[1]:
-                coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-                y = y - x @ coef
-            cohort = panel[COHORT].to_numpy()
-            time = panel[TIME].to_numpy()
-            keep = cohort > 0
-            frame = pd.DataFrame({UNIT: panel[UNIT].to_numpy()[keep],
-                                  "post": (time[keep] >= cohort[keep]).astype(int),
-                                  "value": y[keep], "treated": 1})
+                coef, *_ = np.linalg.lstsq(x, value, rcond=None)
+                value = value - x @ coef
+            unit, n_units = arrays.unit, arrays.n_units
+            post = panel[TIME].to_numpy() >= cohort
+            rows = cohort > 0
         else:
-            check_panel(panel, outcomes=(self.outcome,))
-            cohort = panel[COHORT].to_numpy()
+            _, unit, _, arrays = check_panel(panel, outcomes=(self.outcome,))
+            n_units = int(unit.max()) + 1
             dates = np.unique(cohort[cohort > 0])
             if dates.size != 1:
                 raise EstimationError(f"method='simple' needs one law date; the panel has "
                                       f"cohorts {dates.tolist()}: use method='residual'")
-            frame = pd.DataFrame({UNIT: panel[UNIT].to_numpy(),
-                                  "post": (panel[TIME].to_numpy() >= dates[0]).astype(int),
-                                  "value": panel[self.outcome].to_numpy(dtype=float),
-                                  "treated": (cohort > 0).astype(int)})
-        out = frame.groupby([UNIT, "post"], sort=True).agg(
-            value=("value", "mean"), treated=("treated", "first")).reset_index()
-        both = out.groupby(UNIT)["post"].transform("nunique") == 2
-        return out[both].reset_index(drop=True)
+            value = arrays[self.outcome]
+            post = arrays[TIME] >= dates[0]
+            rows = np.ones(value.size, dtype=bool)
+        key = 2 * unit[rows] + post[rows]
+        sums = np.bincount(key, weights=value[rows], minlength=2 * n_units).reshape(n_units, 2)
+        counts = np.bincount(key, minlength=2 * n_units).reshape(n_units, 2)
+        both = (counts > 0).all(axis=1)
+        treated = np.zeros(n_units, dtype=bool)
+        treated[unit[cohort > 0]] = True
+        means = sums[both] / counts[both]
+        return means[:, 1] - means[:, 0], treated[both]
 
     @excluding_always_treated
     def fit(self, panel: pd.DataFrame, rng: np.random.Generator | None = None) -> Estimate:
         """Collapse and estimate (``rng`` is not used)."""
-        two = self.collapsed(panel)
-        wide = two.pivot(index=UNIT, columns="post", values="value")
-        diff = (wide[1] - wide[0]).to_numpy()
-        treated = two.groupby(UNIT)["treated"].first().reindex(wide.index).to_numpy() == 1
+        diff, treated = self.differences(panel)
         if self.method == "residual":
             n = diff.size
             if n < 2:
@@ -330,8 +332,8 @@ class Collapse:
         return Estimate(
             estimator=self.label, term="ATT", estimate=est, std_error=se,
             p_value=float(row["p_value"]), conf_low=float(row["conf_low"]),
-            conf_high=float(row["conf_high"]), alpha=self.alpha, n_obs=len(two),
-            n_units=int(wide.shape[0]), n_clusters=0,
+            conf_high=float(row["conf_high"]), alpha=self.alpha, n_obs=2 * diff.size,
+            n_units=int(diff.size), n_clusters=0,
             inference=f"{self.method} aggregation to pre/post (BDM 2004), OLS, t({df:g})",
             terms=terms,
             diagnostics={"n_treated": float(treated.sum()), "df": df,
