@@ -108,7 +108,7 @@ class BlockBootstrap:
     outcome
         Outcome column.
     n_boot
-        Bootstrap samples (BDM Table V: 400).
+        Bootstrap samples (BDM: 200 in the text, p. 265; 400 in Table V's note).
     se
         The standard error in the t statistic: ``"conventional"`` (i.i.d.; BDM's, whose
         bootstrap corrects it) or ``"cluster"`` (by unit: Cameron, Gelbach and Miller's
@@ -127,7 +127,7 @@ class BlockBootstrap:
     """
 
     outcome: str
-    n_boot: int = 400
+    n_boot: int = 200
     se: str = "conventional"
     alpha: float = 0.05
     label: str = "bdm_bootstrap"
