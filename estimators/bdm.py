@@ -233,6 +233,11 @@ class Collapse:
     -----
     Serial correlation cannot bias the standard error of a two-period comparison, which is
     why the collapsed test keeps its size with few states (BDM Table VI); its power is low.
+    Residual aggregation is conservative: its paired t treats the treated units' contrasts
+    as independent, but step 1's period effects, fitted on every unit, remove part of their
+    common mean (about half when half the units are treated), so the reported standard
+    error overstates the estimate's (rejections of about 2% at 5% with 25 of 50 states
+    treated, ``tests/test_design_bdm.py``).
     Under an effect, residual aggregation is attenuated: step 1 fits the state and year
     effects with the effect still in the outcome, so part of it is absorbed (the more
     states are treated by a given year, the more). Its estimand here is still the ATT, so

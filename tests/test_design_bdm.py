@@ -318,8 +318,12 @@ def test_pattern_with_50_states_every_repair_keeps_its_size():
     rates = _fit_cell(0.8, 50, 400, seed=50)
     low, high = _band(400)
     assert rates["twfe_conventional"] > 0.25
-    for label in ("twfe", "bdm_bootstrap", "bdm_collapse", "ri_twfe"):
+    for label in ("twfe", "bdm_bootstrap", "ri_twfe"):
         assert low <= rates[label] <= high, (label, rates)
+    # residual aggregation is conservative (about 2%): its paired t ignores that step 1's
+    # year effects, fitted on all states, absorb about half of each treated state's
+    # contrast, so its standard error overstates the estimate's by about sqrt(2)
+    assert rates["bdm_collapse"] <= high, rates
 
 
 @pytest.mark.slow
