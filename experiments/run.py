@@ -79,6 +79,39 @@ def compose(overrides: list[str]) -> DictConfig:
     del cfg["hydra"]
     cfg.origin = {"overrides": list(overrides), "choices": choices}
     OmegaConf.set_struct(cfg, True)
+    return prune_estimators(cfg)
+
+
+def prune_estimators(cfg: DictConfig) -> DictConfig:
+    """Drop an experiment's settings for estimators the run does not select.
+
+    An experiment config may tune estimators it lists (``estimator.ri_twfe.n_perm: 199``);
+    when ``estimator=[...]`` on the command line leaves one out, its settings remain as an
+    entry without a ``kind`` (no estimator option file provided it). Such an entry is
+    dropped -- unless the user's own overrides set it, which is then a typo or a forgotten
+    selection, refused in one line.
+    """
+    if "estimator" not in cfg or not cfg.estimator:
+        return cfg
+    orphans = [label for label, spec in cfg.estimator.items()
+               if not isinstance(spec, DictConfig) or spec.get("kind") is None]
+    if not orphans:
+        return cfg
+    overrides = list(cfg.origin.overrides) if "origin" in cfg else []
+    named = {o.lstrip("+~").split("=", 1)[0].split(".")[1] for o in overrides
+             if o.lstrip("+~").startswith("estimator.") and "." in o.split("=", 1)[0]}
+    selected = [label for label in cfg.estimator if label not in orphans]
+    for label in orphans:
+        if label in named:
+            from estimators.panel import OptionError
+
+            raise OptionError(
+                f"estimator.{label} sets options of an estimator that is not selected; "
+                f"selected: {', '.join(selected) or 'none'} (add it: estimator=[...,{label}])")
+    OmegaConf.set_struct(cfg, False)
+    for label in orphans:
+        del cfg.estimator[label]
+    OmegaConf.set_struct(cfg, True)
     return cfg
 
 
@@ -96,7 +129,7 @@ def record_origin(cfg: DictConfig) -> DictConfig:
     OmegaConf.set_struct(cfg, False)
     cfg.origin = {"overrides": list(hc.overrides.task), "choices": choices}
     OmegaConf.set_struct(cfg, True)
-    return cfg
+    return prune_estimators(cfg)
 
 
 def in_multirun() -> bool:

@@ -128,3 +128,20 @@ def test_bad_grid_keys_are_refused_in_one_line(grid, message):
     cfg = compose(["experiment=size", f"experiment.grid={grid}"])
     with pytest.raises(OptionError, match=message):
         cells(cfg)
+
+
+# --- an experiment's estimator settings when the command line selects others -------------
+
+def test_experiment_settings_for_deselected_estimators_are_dropped():
+    cfg = compose(["experiment=few_treated", "estimator=[twfe,twfe_cr2]"])
+    assert list(cfg.estimator) == ["twfe", "twfe_cr2"]
+    from experiments.build import build_estimators
+
+    assert len(build_estimators(cfg, ["y"])) == 2
+
+
+def test_user_settings_for_an_unselected_estimator_are_refused():
+    with pytest.raises(OptionError, match=r"estimator.ri_twfe sets options of an estimator "
+                                          r"that is not selected; selected: twfe, twfe_cr2"):
+        compose(["experiment=few_treated", "estimator=[twfe,twfe_cr2]",
+                 "estimator.ri_twfe.n_perm=99"])
