@@ -34,7 +34,7 @@ from .cr2 import CR2, cr2
 from .design import FEArrays
 from .fe import (DIST_TYPES, SE_TYPES, SSC_TYPES, OLSFit, Dof, ols_fe, reference_df, vcov,
                  within_balanced, within_general)
-from .few_treated import TupleLaw, contrasts, few_treated_inference
+from .few_treated import contrasts, few_treated_inference, law_of
 from .panel import UNIT, EstimationError, OptionError, check_choice
 from .result import critical_value, p_value, terms_frame
 from .wild import WILD_TYPES, WILD_WEIGHTS, draw_weights, wild_bootstrap
@@ -389,12 +389,13 @@ def _few_treated(opts: InferenceOptions, res: FEResult, w: np.ndarray, est: floa
     d = arrays.x[:, list(arrays.names).index("d")]
     con = contrasts(d, res.fit.resid, arrays.unit, arrays.time, arrays.n_units,
                     arrays.n_periods, size if opts.dist == "ferman_pinto" else None)
-    law = TupleLaw(con.values)
+    law = law_of(con.values)
     n0 = len(np.unique(np.concatenate(con.controls)))
     out = few_treated_inference(est, law, opts.alpha, con.treated.size, n0)
     name = "Conley-Taber" if opts.dist == "conley_taber" else "Ferman-Pinto"
     text = (f"{name}: law of the estimate's error from {n0} control groups' residuals "
-            f"({out.n_tuples:.3g} tuples for {out.n_treated} treated groups, exact)")
+            f"({out.n_tuples:.3g} tuples for {out.n_treated} treated groups, "
+            + ("exact)" if law.exact else f"convolved on a grid of step {law.step:.2g})"))
     if opts.dist == "ferman_pinto":
         text += f"; variance A + B/M by group size {opts.fp_size!r}"
     return ContrastInference(est, float("nan"), out.p_value, out.conf_low, out.conf_high,

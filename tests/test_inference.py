@@ -489,3 +489,41 @@ def test_monte_carlo_sizes_with_six_treated_provinces():
         assert band[0] <= small[k] <= band[1], k
     assert small["conley_taber"] > band[1]          # heteroskedasticity by size breaks CT
     assert small["ferman_pinto"] < small["conley_taber"] - 0.05  # FP corrects much of it
+
+
+# --- Conley-Taber with many treated groups: the law convolved on a grid ---------------------
+
+def test_grid_law_brackets_the_exact_law_within_its_rounding():
+    """GridLaw rounds each value to the grid (at most step/2), so each atom of the sum moves
+    by at most N1*step/2: the grid law's cdf at z lies between the exact cdf at z -+ that
+    shift, and its quantiles lie within that shift (plus one bin) of the exact ones."""
+    from estimators.few_treated import GridLaw, TupleLaw
+
+    rng = np.random.default_rng(4)
+    vals = tuple(rng.normal(size=int(rng.integers(10, 25))) * rng.uniform(0.5, 2)
+                 for _ in range(5))
+    exact, grid = TupleLaw(vals), GridLaw(vals, bins=1 << 14)
+    assert exact.exact and not grid.exact
+    shift = len(vals) * grid.step / 2 + 1e-12
+    for z in np.linspace(exact.low, exact.high, 41):
+        assert exact.cdf(z - shift) - 1e-9 <= grid.cdf(z) <= exact.cdf(z + shift) + 1e-9
+        assert exact.sf(z + shift) - 1e-9 <= grid.sf(z) <= exact.sf(z - shift) + 1e-9
+    for q in (0.005, 0.025, 0.05, 0.25):
+        assert abs(grid.lower(q) - exact.lower(q)) <= shift + grid.step
+        assert abs(grid.upper(q) - exact.upper(q)) <= shift + grid.step
+
+
+def test_conley_taber_with_many_treated_groups_uses_the_grid_law():
+    """Ten treated states of fifty: 40^10 tuples cannot be enumerated; the law is convolved
+    on a grid (said in the notes) instead of refusing, and the interval is the set of nulls
+    its p-value does not reject."""
+    from simulate.design import Assignment, Effect, Timing
+    from simulate.states import StatesDGP, draw
+
+    p = draw(StatesDGP(treated_share=0.0, law_first=1990, law_last=1990),
+             Assignment(kind="random", n_pilots=10), Timing(), Effect(att=0.0),
+             np.random.default_rng(2))
+    fit = TWFE("y", dist="conley_taber").fit(p)
+    assert "convolved on a grid" in fit.inference
+    assert fit.conf_low < fit.estimate < fit.conf_high and 0 < fit.p_value <= 1
+    assert (fit.p_value < 0.05) == (not fit.conf_low <= 0 <= fit.conf_high)

@@ -52,7 +52,8 @@ DESIGNS = [
             "wild cluster restricted bootstrap swings to almost never rejecting, and is near "
             "5% from about 5-6 treated states; randomization inference keeps its size at "
             "every number of treated states; Conley-Taber is built for one or a few "
-            "treated states and is refused beyond six. The carbon-pilot designs (6 of 30) "
+            "treated states and over-rejects as they grow (its law ignores the controls' own "
+            "errors). The carbon-pilot designs (6 of 30) "
             "sit at the edge of where cluster-robust inference can be trusted."),
         parameters=(
             ("50 states x 1979-1999, one law date (1990)", "Conley-Taber: a few policy "
