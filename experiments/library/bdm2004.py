@@ -11,12 +11,12 @@ test here is invariant to the error's scale and to the state and year effects) a
 initial condition (taken stationary): its rejection rates of conventional OLS are
 reproduced as numbers (``tests/test_design_bdm.py``).
 
-Sources of the numbers: Table II from the published article (QJE 119(1), p. 257), checked
-against the rates our exact DGP gives. The CPS rows of Tables V and VIII (block bootstrap
-and clustered SEs by number of states) are as transcribed in the paper review of the
-``diff-diff`` project (igerber/diff-diff, docs/methodology/papers/
-bertrand-duflo-mullainathan-2004-review.md); the paper's own text could not be consulted
-here, so they should be checked against the PDF before being quoted.
+Sources of the numbers: every number here (Table II panels A and B, p. 257; the CPS rows
+of Tables V and VIII) is as transcribed from the published article (QJE 119(1)) in the
+paper review of the ``diff-diff`` project (igerber/diff-diff,
+docs/methodology/papers/bertrand-duflo-mullainathan-2004-review.md); the article itself
+could not be consulted here. Table II panel B agrees with the rates our exact DGP gives
+(tests/test_design_bdm.py); check the CPS rows against the PDF before quoting them.
 """
 
 from __future__ import annotations
