@@ -103,6 +103,7 @@ class _Structured:
         self.ih = (base * self.nh + self.h).ravel()
         self.igh = ((base * self.ng + self.g) * self.nh + self.h).ravel()
         self.kd = self.f.shape[2]
+        self.fk = [np.ascontiguousarray(self.f[:, :, k]) for k in range(self.kd)]  # (B, n) each
         self.p = self.ng - 1 + self.kd + self.nh - 1
 
     def subset(self, keep: np.ndarray) -> "_Structured":
@@ -115,7 +116,9 @@ class _Structured:
     def xv(self, v: np.ndarray) -> np.ndarray:
         """``X_b v_b`` for every problem: (B, p) -> (B, n)."""
         ng1, kd = self.ng - 1, self.kd
-        out = np.einsum("bnk,bk->bn", self.f, v[:, ng1:ng1 + kd])
+        out = self.fk[0] * v[:, ng1, None]
+        for k in range(1, kd):
+            out += self.fk[k] * v[:, ng1 + k, None]
         if ng1:
             vg = np.concatenate([np.zeros((v.shape[0], 1)), v[:, :ng1]], axis=1)
             out += np.take_along_axis(vg, self.g, axis=1)
@@ -129,7 +132,7 @@ class _Structured:
         parts = []
         if self.ng > 1:
             parts.append(self._sum_by(self.ig, self.ng, r)[:, 1:])
-        parts.append(np.einsum("bnk,bn->bk", self.f, r))
+        parts.append(np.stack([(fk * r).sum(axis=1) for fk in self.fk], axis=1))
         if self.nh > 1:
             parts.append(self._sum_by(self.ih, self.nh, r)[:, 1:])
         return np.concatenate(parts, axis=1)
@@ -139,11 +142,13 @@ class _Structured:
         coupling ``E`` (g dummies x the rest) and the Schur complement ``S = C - E'D^{-1}E``."""
         nb, kd, ng1, nh1 = w.shape[0], self.kd, self.ng - 1, self.nh - 1
         m = kd + nh1
-        fw = self.f * w[:, :, None]
+        fw = [fk * w for fk in self.fk]
         c = np.zeros((nb, m, m))
-        c[:, :kd, :kd] = np.einsum("bnk,bnl->bkl", fw, self.f)
+        for k in range(kd):
+            for j in range(k + 1):
+                c[:, k, j] = c[:, j, k] = (fw[k] * self.fk[j]).sum(axis=1)
         if nh1:
-            fh = np.stack([self._sum_by(self.ih, self.nh, fw[:, :, k])[:, 1:] for k in range(kd)], axis=1)
+            fh = np.stack([self._sum_by(self.ih, self.nh, fw[k])[:, 1:] for k in range(kd)], axis=1)
             c[:, :kd, kd:] = fh
             c[:, kd:, :kd] = fh.transpose(0, 2, 1)
             hh = self._sum_by(self.ih, self.nh, w)[:, 1:]
@@ -153,7 +158,7 @@ class _Structured:
         dg = self._sum_by(self.ig, self.ng, w)[:, 1:]
         e = np.empty((nb, ng1, m))
         for k in range(kd):
-            e[:, :, k] = self._sum_by(self.ig, self.ng, fw[:, :, k])[:, 1:]
+            e[:, :, k] = self._sum_by(self.ig, self.ng, fw[k])[:, 1:]
         if nh1:
             e[:, :, kd:] = self._sum_by(self.igh, self.ng * self.nh, w).reshape(nb, self.ng, self.nh)[:, 1:, 1:]
         s = c - np.einsum("bjk,bjl->bkl", e / dg[:, :, None], e)
