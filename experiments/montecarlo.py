@@ -149,8 +149,31 @@ def fit_rows(estimator: Any, panel: pd.DataFrame, rng: np.random.Generator | Non
     return est, rows, truth
 
 
-def run_reps(design: Design, seed: int, reps: Iterable[int]) -> pd.DataFrame:
-    """Draw and fit the given replicates sequentially; one tidy row per fit and term."""
+def run_reps(design: Design, seed: int, reps: Iterable[int], *, batch: bool = True
+             ) -> pd.DataFrame:
+    """Draw and fit the given replicates; one tidy row per fit and term.
+
+    With ``batch`` (the default), a design whose draw has a batched counterpart
+    (:func:`batch_draw_of`) and whose estimators include some with a batched fit
+    (:func:`estimators.batch.batch_fitter`) runs :data:`BATCH_SIZE` replicates at a time:
+    one batched draw, one batched fit per such estimator, the per-replicate fit for the
+    others (and for any replicate a batched fit leaves to it), rows built column by
+    column. The rows, their order and dtypes are those of the per-replicate path
+    (``batch=False``); the numbers agree with it to rounding (1e-10, see
+    ``tests/test_batch.py``) and do not depend on the batch size, the chunking or the
+    workers. ``seconds`` of a batched fit is the batch's fit time divided among its
+    replicates (the per-replicate path times each fit; neither counts the draw).
+    """
+    reps = list(reps)
+    draw_batch = batch_draw_of(design.draw) if batch else None
+    if draw_batch is not None:
+        from estimators.batch import batch_fitter
+
+        fitters = {key: batch_fitter(e) for key, e in design.estimators.items()}
+        if any(f is not None for f in fitters.values()):
+            blocks = [_run_batch(design, seed, reps[i:i + BATCH_SIZE], draw_batch, fitters)
+                      for i in range(0, len(reps), BATCH_SIZE)]
+            return _frame_of_blocks(blocks, offsets=range(0, len(reps), BATCH_SIZE))
     rows: list[dict[str, Any]] = []
     rngs = {key: needs_rng(e) for key, e in design.estimators.items()}
     for rep in reps:
@@ -162,6 +185,161 @@ def run_reps(design: Design, seed: int, reps: Iterable[int]) -> pd.DataFrame:
     out = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     for c in ("rep", "n_obs", "n_clusters"):
         out[c] = out[c].astype(np.int64)
+    return out
+
+
+# --- the batched path ------------------------------------------------------------------------
+
+#: replicates drawn and fitted together on the batched path. It bounds memory (a batch of
+#: the 30x19 event study holds ~10 arrays of B x 570 x 10 floats); the numbers do not
+#: depend on it
+BATCH_SIZE = 64
+
+
+def batch_draw_of(draw: Callable[..., Any]) -> Callable[[Sequence[np.random.Generator]], Any] | None:
+    """The batched counterpart of a design's draw: ``rngs -> PanelBatch`` drawing replicate
+    ``b`` exactly as ``draw(rngs[b])``, or None.
+
+    A draw is a ``functools.partial`` of a simulator entry point; an entry point that can
+    draw a batch carries it as its ``draw_batch`` attribute, taking the same arguments
+    with a list of generators in place of the generator (``experiments/build.py``).
+    """
+    func = getattr(draw, "func", None)
+    batched = getattr(func, "draw_batch", None)
+    if batched is None or not isinstance(draw, functools.partial):
+        return None
+    return functools.partial(batched, *draw.args, **draw.keywords)
+
+
+def _run_batch(design: Design, seed: int, reps: list[int], draw_batch: Callable[..., Any],
+               fitters: Mapping[tuple[str, str], Any]) -> dict[str, np.ndarray]:
+    """Replicates ``reps`` on the batched path: the block of rows of :func:`run_reps`, with
+    sort keys ``_pos`` (replicate position), ``_est`` (estimator) and ``_row`` (row of the
+    fit)."""
+    batch = draw_batch([np.random.default_rng(replicate_seed(seed, r)) for r in reps])
+    n_b = len(reps)
+    rep_arr = np.asarray(reps, dtype=np.int64)
+    blocks: list[dict[str, np.ndarray]] = []
+    single: dict[int, list[tuple[int, tuple[str, str]]]] = {}
+    for ei, (key, estimator) in enumerate(design.estimators.items()):
+        outcome, label = key
+        fitter = fitters.get(key)
+        res = None
+        t0 = time.perf_counter()
+        if fitter is not None:
+            res = fitter(batch)
+        wall = time.perf_counter() - t0
+        handled = np.zeros(n_b, dtype=bool) if res is None else res.handled
+        for p in np.flatnonzero(~handled):
+            single.setdefault(int(p), []).append((ei, key))
+        if res is None or not handled.any():
+            continue
+        blocks.append(_batch_rows(res, handled, rep_arr, ei, design.cell, outcome, label,
+                                  wall / int(handled.sum())))
+    if single:
+        needs = {key: needs_rng(e) for key, e in design.estimators.items()}
+        rows: list[dict[str, Any]] = []
+        pos: list[int] = []
+        est: list[int] = []
+        sub: list[int] = []
+        for p in sorted(single):
+            panel = batch.frame(p)
+            rep = reps[p]
+            for ei, (outcome, label) in single[p]:
+                estimator = design.estimators[(outcome, label)]
+                rng = (np.random.default_rng(estimator_seed(seed, rep, label))
+                       if needs[(outcome, label)] else None)
+                got = fit_one(estimator, panel, rng, design.cell, rep, outcome, label)
+                rows.extend(got)
+                pos.extend([p] * len(got))
+                est.extend([ei] * len(got))
+                sub.extend(range(len(got)))
+        block = {c: np.array([r[c] for r in rows],
+                             dtype=object if c in _TEXT_COLUMNS else None)
+                 for c in RESULT_COLUMNS}
+        block.update(_pos=np.asarray(pos), _est=np.asarray(est), _row=np.asarray(sub))
+        blocks.append(block)
+    return _concat_blocks(blocks)
+
+
+#: text columns of a results table
+_TEXT_COLUMNS = ("cell", "outcome", "estimator", "term", "role", "error")
+
+
+def _batch_rows(res: Any, handled: np.ndarray, reps: np.ndarray, ei: int, cell: str,
+                outcome: str, label: str, seconds: float) -> dict[str, np.ndarray]:
+    """The rows :func:`fit_rows` makes for each handled replicate, column by column:
+    the headline, then a detail row per term with a truth (other than the headline)."""
+    pos = np.flatnonzero(handled)
+    m = pos.size
+    truth = res.truth
+    details = ([j for j, name in enumerate(res.term_names)
+                if name in truth and name != res.term] if truth else [])
+    per = 1 + len(details)
+    # row r of replicate i sits at i * per + r
+    out: dict[str, np.ndarray] = {
+        "_pos": np.repeat(pos, per), "_est": np.full(m * per, ei),
+        "_row": np.tile(np.arange(per), m),
+    }
+    terms = np.array([res.term, *(res.term_names[j] for j in details)], dtype=object)
+    out["cell"] = np.full(m * per, cell, dtype=object)
+    out["rep"] = np.repeat(reps[pos], per)
+    out["outcome"] = np.full(m * per, outcome, dtype=object)
+    out["estimator"] = np.full(m * per, label, dtype=object)
+    out["term"] = np.tile(terms, m)
+    out["role"] = np.tile(np.array(["headline", *["detail"] * len(details)], dtype=object), m)
+    for c in ("estimate", "std_error", "statistic", "p_value", "conf_low", "conf_high"):
+        grid = np.empty((m, per))
+        grid[:, 0] = res.headline[c][pos]
+        if details:
+            grid[:, 1:] = res.terms[c][pos][:, details]
+        out[c] = grid.ravel()
+    out["alpha"] = np.full(m * per, float(res.alpha))
+    tgrid = np.full((m, per), np.nan)
+    if truth:
+        tgrid[:, 0] = truth[res.term][pos] if res.term in truth else np.nan
+        for r, j in enumerate(details, start=1):
+            tgrid[:, r] = truth[res.term_names[j]][pos]
+    out["truth"] = tgrid.ravel()
+    out["n_obs"] = np.full(m * per, res.n_obs, dtype=np.int64)
+    out["n_clusters"] = np.full(m * per, res.n_clusters, dtype=np.int64)
+    pre = np.full((m, per), np.nan)
+    if "pretrend_p" in res.diagnostics:
+        pre[:, 0] = res.diagnostics["pretrend_p"][pos]
+    out["pretrend_p"] = pre.ravel()
+    sec = np.zeros((m, per))
+    sec[:, 0] = seconds
+    out["seconds"] = sec.ravel()
+    out["error"] = np.full(m * per, "", dtype=object)
+    return out
+
+
+def _concat_blocks(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if not blocks:
+        return {c: np.empty(0) for c in (*RESULT_COLUMNS, "_pos", "_est", "_row")}
+    cols = {c: np.concatenate([b[c] for b in blocks]) for c in blocks[0]}
+    order = np.lexsort((cols["_row"], cols["_est"], cols["_pos"]))
+    return {c: v[order] for c, v in cols.items()}
+
+
+def _frame_of_blocks(blocks: list[dict[str, np.ndarray]], offsets: Iterable[int]) -> pd.DataFrame:
+    """One results table from the batches' blocks, in the per-replicate path's row order
+    and dtypes."""
+    blocks = [dict(b, _pos=b["_pos"] + off) for b, off in zip(blocks, offsets)]
+    cols = _concat_blocks(blocks)
+    frame = {}
+    for c in RESULT_COLUMNS:
+        v = cols[c]
+        if c in _TEXT_COLUMNS:
+            v = v.astype(object)
+        elif c in ("rep", "n_obs", "n_clusters"):
+            v = v.astype(np.int64)
+        else:
+            v = v.astype(float)
+        frame[c] = v
+    # the per-replicate path builds its table from records: the same inference of text
+    # columns' dtype (object, or pandas' string dtype)
+    out = pd.DataFrame(frame, columns=list(RESULT_COLUMNS))
     return out
 
 
