@@ -225,3 +225,21 @@ def resolve_calibrated(cfg: DictConfig) -> DictConfig:
     out.data = merged
     OmegaConf.set_struct(out, True)
     return out
+
+
+# --- batched draws (the Monte Carlo engine's fast path, experiments/montecarlo.py) ----------
+
+def _draw_province_batch(dgp: ProvinceDGP, assignment: Assignment, timing: Timing,
+                         effect: Effect, *args: Any) -> Any:
+    """:func:`_draw_province` for a list of generators (the last argument): a
+    :class:`~estimators.batch.PanelBatch` whose replicate ``b`` is ``_draw_province(...,
+    rngs[b])`` bit for bit."""
+    from simulate.province import draw_province_batch
+
+    rngs = args[-1]
+    channels = args[0] if len(args) == 2 else ()
+    return draw_province_batch(rngs, dgp, assignment, timing, effect, channels)
+
+
+# the engine finds a draw's batched counterpart here (montecarlo.batch_draw_of)
+_draw_province.draw_batch = _draw_province_batch  # type: ignore[attr-defined]
