@@ -178,57 +178,68 @@ def _grid(batch: PanelBatch) -> _Grid | None:
 
 
 def _within(z: np.ndarray) -> np.ndarray:
-    """Two-way within transform of ``(B, N, T, m)`` (or ``(1, ...)`` shared) arrays:
-    ``z - unit mean - period mean + grand mean``, replicate by replicate."""
-    unit_mean = z.mean(axis=2, keepdims=True)
-    time_mean = z.mean(axis=1, keepdims=True)
-    grand = unit_mean.mean(axis=1, keepdims=True)
+    """Two-way within transform of ``(..., N, T)`` arrays (a replicate's, or a regressor's,
+    unit-by-period table on the last two axes): ``z - unit mean - period mean + grand
+    mean``, each table on its own."""
+    unit_mean = z.mean(axis=-1, keepdims=True)
+    time_mean = z.mean(axis=-2, keepdims=True)
+    grand = unit_mean.mean(axis=-2, keepdims=True)
     return z - unit_mean - time_mean + grand
 
 
 def _fe_ols(y: np.ndarray, x: np.ndarray, ok: np.ndarray, opts: Any) -> dict[str, Any]:
-    """Batched two-way FE least squares of ``y (B, N, T)`` on ``x (B or 1, N, T, K)``.
+    """Batched two-way FE least squares of ``y (B, N, T)`` on ``x (B, K, N, T)``, or on
+    ``x (1, K, N, T)`` when every replicate has the same regressors.
 
-    Returns coefficients, covariance (the options' convention) and reference law, and
-    ``ok`` narrowed to the replicates whose fit the per-replicate path would make with
-    every regressor kept (nothing absorbed or collinear, an outcome with variation left).
+    Returns coefficients ``(B, K)``, covariance ``(B, K, K)`` (the options' convention),
+    the reference law's degrees of freedom and the counts, and ``ok`` narrowed to the
+    replicates whose fit the per-replicate path makes with every regressor kept (nothing
+    absorbed or collinear: :func:`estimators.fe.ols_fe`'s tests) and an outcome with
+    within variation left (:func:`estimators.regression.fit_fe`'s).
     """
     b_n, n, t = y.shape
-    k = x.shape[3]
-    yt = _within(y[..., None])[..., 0].reshape(b_n, n * t)
-    xt = _within(x).reshape(x.shape[0], n * t, k)
-    scale = np.max(np.abs(y.reshape(b_n, -1)), axis=1)
+    m, k = x.shape[0], x.shape[1]
+    o = n * t
+    yt = _within(y).reshape(b_n, o)
+    xt = _within(x).reshape(m, k, o)
+    scale = np.max(np.abs(y.reshape(b_n, o)), axis=1)
     ok = ok & np.any(np.abs(yt) > 1e-10 * np.maximum(scale, 1e-300)[:, None], axis=1)
-    # identification as ols_fe's: absorbed (within variation gone) or collinear (a
-    # Cholesky pivot of the Gram matrix vanishes)
-    gram = np.einsum("bok,bol->bkl", xt, xt, optimize=False)
+    # contractions over observations run along the contiguous last axis, one replicate's
+    # sums each
+    gram = np.einsum("bko,blo->bkl", xt, xt, optimize=False)            # (m, K, K)
     diag = np.einsum("bkk->bk", gram)
-    raw = x.reshape(x.shape[0], n * t, k)
-    raw_c = raw - raw.mean(axis=1, keepdims=True)
-    raw_norm = np.einsum("bok,bok->bk", raw_c, raw_c, optimize=False)
-    absorbed = (raw_norm == 0) | (diag <= ABSORB_TOL * np.where(raw_norm > 0, raw_norm, 1.0))
-    good = ~absorbed.any(axis=1)
-    piv = np.zeros_like(diag)
-    for i in np.flatnonzero(good):
-        try:
-            piv[i] = np.diag(np.linalg.cholesky(gram[i])) ** 2
-        except np.linalg.LinAlgError:
-            good[i] = False
+    raw = x.reshape(m, k, o)
+    raw_c = raw - raw.mean(axis=2, keepdims=True)
+    raw_norm = np.einsum("bko,bko->bk", raw_c, raw_c, optimize=False)
+    good = ~((raw_norm == 0)
+             | (diag <= ABSORB_TOL * np.where(raw_norm > 0, raw_norm, 1.0))).any(axis=1)
+    safe = np.where(good[:, None, None], gram, np.eye(k))
+    try:
+        chol = np.linalg.cholesky(safe)
+        piv = np.einsum("bkk->bk", chol) ** 2
+    except np.linalg.LinAlgError:  # some replicate's Gram matrix is singular: one by one
+        piv = np.zeros_like(diag)
+        for i in np.flatnonzero(good):
+            try:
+                piv[i] = np.diag(np.linalg.cholesky(gram[i])) ** 2
+            except np.linalg.LinAlgError:
+                good[i] = False
     good &= np.all(piv > COLLINEAR_TOL * diag, axis=1)
-    if x.shape[0] == 1:
-        ok = ok & good[0]
-        safe = gram if good[0] else np.broadcast_to(np.eye(k), gram.shape)
+    ok = ok & good                                                      # (B,) with m = 1 too
+    safe = np.where(good[:, None, None], gram, np.eye(k))
+    bread = np.linalg.inv(safe)                                         # (m, K, K)
+    if m == 1:
+        xty = np.einsum("ko,bo->bk", xt[0], yt, optimize=False)
+        coef = np.einsum("kl,bl->bk", bread[0], xty, optimize=False)
     else:
-        ok = ok & good
-        safe = np.where(good[:, None, None], gram, np.eye(k))
-    bread = np.linalg.inv(safe)                                     # (B or 1, K, K)
-    xty = np.einsum("bok,bo->bk", np.broadcast_to(xt, (b_n, n * t, k)), yt, optimize=False)
-    coef = np.einsum("bkl,bl->bk", np.broadcast_to(bread, (b_n, k, k)), xty, optimize=False)
-    resid = yt - np.einsum("bok,bk->bo", np.broadcast_to(xt, (b_n, n * t, k)), coef,
-                           optimize=False)
+        xty = np.einsum("bko,bo->bk", xt, yt, optimize=False)
+        coef = np.einsum("bkl,bl->bk", bread, xty, optimize=False)
+    resid = yt.copy()
+    for j in range(k):  # y - X b, one regressor at a time (element-wise)
+        resid -= coef[:, j:j + 1] * xt[:, j]
     se, ssc, dist = opts.se, opts.ssc, opts.dist
     clustered = se == "cluster"
-    dof = Dof(n_obs=n * t, k=k, n_units=n, n_periods=t, n_clusters=n if clustered else 0,
+    dof = Dof(n_obs=o, k=k, n_units=n, n_periods=t, n_clusters=n if clustered else 0,
               unit_nested=clustered, time_nested=clustered and t == 1)
     factor = ssc_factor(se, ssc, dof)
     bread_b = np.broadcast_to(bread, (b_n, k, k))
@@ -236,11 +247,12 @@ def _fe_ols(y: np.ndarray, x: np.ndarray, ok: np.ndarray, opts: Any) -> dict[str
         rss = np.einsum("bo,bo->b", resid, resid, optimize=False)
         cov = bread_b * (rss * factor)[:, None, None]
     else:
-        scores = np.broadcast_to(xt, (b_n, n * t, k)) * resid[:, :, None]
+        scores = xt * resid[:, None, :]                                 # (B, K, O)
         if clustered:  # clusters are the units: sum each unit's periods
-            scores = scores.reshape(b_n, n, t, k).sum(axis=2)
-        meat = np.einsum("bgk,bgl->bkl", scores, scores, optimize=False)
-        cov = factor * np.einsum("bkl,blm,bmn->bkn", bread_b, meat, bread_b, optimize=False)
+            scores = scores.reshape(b_n, k, n, t).sum(axis=3)
+        meat = np.einsum("bkg,blg->bkl", scores, scores, optimize=False)
+        half = np.einsum("bkl,blm->bkm", bread_b, meat, optimize=False)
+        cov = factor * np.einsum("bkm,bmn->bkn", half, bread_b, optimize=False)
     df = reference_df(se, dist, dof)
     return {"coef": coef, "cov": cov, "df": df, "ok": ok, "dof": dof}
 
@@ -291,11 +303,11 @@ def fit_twfe_batch(est: TWFE, batch: PanelBatch) -> BatchEstimates | None:
     ok = grid.ok & np.isfinite(y).all(axis=(1, 2))
     controls, finite = _controls(batch, tuple(est.controls), shape)
     ok &= finite
-    d = batch.columns[D]
-    shared = d.ndim == 1 and not controls
-    d_arr = (d.astype(float).reshape(1, n, t) if shared
-             else batch.column(D).astype(float).reshape(shape))
-    x = np.stack([d_arr, *controls], axis=-1) if controls else d_arr[..., None]
+    d_all = batch.column(D)
+    if not controls and np.all(d_all == d_all[:1]):  # one assignment: regressors shared
+        x = d_all[:1].astype(float).reshape(1, 1, n, t)
+    else:
+        x = np.stack([d_all.astype(float).reshape(shape), *controls], axis=1)
     fit = _fe_ols(y, x, ok, est)
     ok = fit["ok"]
     var = np.einsum("bkk->bk", fit["cov"])
@@ -336,8 +348,10 @@ def fit_event_study_batch(est: EventStudy, batch: PanelBatch) -> BatchEstimates 
     k = np.clip(rel, -leads, lags)                                    # binned endpoints
     event_times = [e for e in range(-leads, lags + 1) if e != ref]
     names = [f"ev{e:+d}" for e in event_times]
-    dummies = [(treated[:, :, None] & (k == e)).astype(float) for e in event_times]
-    x = np.stack([*dummies, *controls], axis=-1)
+    same = not controls and np.all(grid.cohort == grid.cohort[:1])
+    src = slice(0, 1) if same else slice(None)   # one assignment: event dummies shared
+    dummies = [(treated[src, :, None] & (k[src] == e)).astype(float) for e in event_times]
+    x = np.stack([*dummies, *controls], axis=1)
     fit = _fe_ols(y, x, ok, est)
     ok = fit["ok"]
     coef, cov, df = fit["coef"], fit["cov"], fit["df"]
