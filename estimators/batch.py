@@ -254,7 +254,9 @@ def _fe_ols(y: np.ndarray, x: np.ndarray, ok: np.ndarray, opts: Any) -> dict[str
         half = np.einsum("bkl,blm->bkm", bread_b, meat, optimize=False)
         cov = factor * np.einsum("bkm,bmn->bkn", half, bread_b, optimize=False)
     df = reference_df(se, dist, dof)
-    return {"coef": coef, "cov": cov, "df": df, "ok": ok, "dof": dof}
+    # C order whatever path made them: einsum kernels (and so roundings) follow the layout
+    return {"coef": np.ascontiguousarray(coef), "cov": np.ascontiguousarray(cov), "df": df,
+            "ok": ok, "dof": dof}
 
 
 def _stats(est: np.ndarray, se: np.ndarray, alpha: float, df: float | None
@@ -304,7 +306,10 @@ def fit_twfe_batch(est: TWFE, batch: PanelBatch) -> BatchEstimates | None:
     controls, finite = _controls(batch, tuple(est.controls), shape)
     ok &= finite
     d_all = batch.column(D)
-    if not controls and np.all(d_all == d_all[:1]):  # one assignment: regressors shared
+    # a design with one assignment stores it once: its regressors are shared (decided by
+    # the design, never by the batch's contents, so that the path does not depend on the
+    # batch)
+    if not controls and batch.columns[D].ndim == 1:
         x = d_all[:1].astype(float).reshape(1, 1, n, t)
     else:
         x = np.stack([d_all.astype(float).reshape(shape), *controls], axis=1)
@@ -348,7 +353,7 @@ def fit_event_study_batch(est: EventStudy, batch: PanelBatch) -> BatchEstimates 
     k = np.clip(rel, -leads, lags)                                    # binned endpoints
     event_times = [e for e in range(-leads, lags + 1) if e != ref]
     names = [f"ev{e:+d}" for e in event_times]
-    same = not controls and np.all(grid.cohort == grid.cohort[:1])
+    same = not controls and batch.columns[COHORT].ndim == 1
     src = slice(0, 1) if same else slice(None)   # one assignment: event dummies shared
     dummies = [(treated[src, :, None] & (k[src] == e)).astype(float) for e in event_times]
     x = np.stack([*dummies, *controls], axis=1)
@@ -368,12 +373,12 @@ def fit_event_study_batch(est: EventStudy, batch: PanelBatch) -> BatchEstimates 
     head["p_value"] = np.where(h_se > 0, head["p_value"], np.nan)
     diagnostics: dict[str, np.ndarray] = {}
     if pre:
-        bp = coef[:, pre]
-        vp = cov[:, pre][:, :, pre]
+        bp = np.ascontiguousarray(coef[:, pre])
+        vp = np.ascontiguousarray(cov[:, pre][:, :, pre])
         safe = np.where(ok[:, None, None], vp, np.eye(len(pre)))
         q = len(pre)
-        wald = np.einsum("bk,bk->b", bp, np.linalg.solve(safe, bp[..., None])[..., 0],
-                         optimize=False) / q
+        sol = np.ascontiguousarray(np.linalg.solve(safe, bp[..., None])[..., 0])
+        wald = np.einsum("bk,bk->b", bp, sol, optimize=False) / q
         p = special.chdtrc(q, wald * q) if df is None else special.fdtrc(q, df, wald)
         p_min = np.min(terms["p_value"][:, pre], axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -445,6 +445,10 @@ def draw_province_batch(
         "lnce": flat(lnce),
         "lncei": flat(lncei),
     }
+    if assignment.kind == "actual":
+        # one assignment in every replicate, a property of the design (not of the batch):
+        # batched fits then share the treatment's regressors across replicates
+        cols[COHORT], cols[D] = cols[COHORT][0], cols[D][0]
     cols.update({n: flat(v) for n, v in logs.items()})
     cols.update({n: flat(v) for n, v in levels.items()})
     cols.update({n: flat(v) for n, v in fuels.items()})

@@ -1,0 +1,204 @@
+"""The Monte Carlo engine's batched path (didlab issue #19).
+
+* the province draw stacked over replicates is, replicate by replicate, the single draw
+  bit for bit, and the single draw is the one before the batched code existed (a frozen
+  copy of the old module, ``tests/province_reference.py``);
+* batched TWFE / event-study fits report what ``fit`` and ``estimand`` report on each
+  replicate's panel to 1e-10 (relative), on actual and random pilots, every batched
+  inference option;
+* the engine's table has the per-replicate path's rows, order and dtypes, and the same
+  numbers whatever the chunk size (bit for bit);
+* options without a batched fit, and replicates a batch cannot reproduce, take the
+  per-replicate path.
+"""
+
+import functools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from estimators.batch import PanelBatch, batch_fitter, fit_event_study_batch
+from estimators.event_study import EventStudy
+from estimators.twfe import TWFE
+from experiments.build import _draw_city, _draw_province
+from experiments.montecarlo import (Backend, Design, batch_draw_of, replicate_seed,
+                                    run_designs, run_reps)
+from simulate.design import Assignment, Effect, Timing
+from simulate.mediators import Channel, seed002_channels
+from simulate.province import CONTROLS, ProvinceDGP, draw_province, draw_province_batch
+
+from . import province_reference as old
+
+NUMERIC = ("estimate", "std_error", "statistic", "p_value", "conf_low", "conf_high", "truth",
+           "pretrend_p", "alpha")
+
+DRAW_CASES = [
+    {},
+    {"assignment": Assignment(kind="random")},
+    {"assignment": Assignment(kind="selected", n_pilots=8)},
+    {"timing": Timing(kind="market_open", anticipation=1),
+     "effect": Effect(dynamics="ramp", het_sd=0.1, het_pgdp=0.05)},
+    {"dgp": ProvinceDGP(sigma_size=1.0, trend_gap=0.01, trend_pgdp=0.02, air_outcomes=True)},
+    {"channels": seed002_channels()},
+    {"channels": (Channel("lntech", a=0.3, lag=2, trend_sd=0.01),
+                  Channel("lnes", a=-0.2, trend_sd=0.02))},
+]
+
+
+@pytest.mark.parametrize("case", range(len(DRAW_CASES)))
+def test_province_draw_is_the_old_draw_bit_for_bit(case):
+    kw = dict(DRAW_CASES[case])
+    channels = kw.pop("channels", ())
+    seeds = range(4)
+    batch = draw_province_batch([np.random.default_rng(s) for s in seeds], channels=channels,
+                                **kw)
+    for s in seeds:
+        ref = old.draw_province(np.random.default_rng(s), channels=channels, **kw)
+        pd.testing.assert_frame_equal(draw_province(np.random.default_rng(s),
+                                                    channels=channels, **kw), ref,
+                                      check_exact=True)
+        pd.testing.assert_frame_equal(batch.frame(s), ref, check_exact=True)
+
+
+def _design(kind="actual", estimators=None, city=False):
+    if city:
+        from simulate.city import CityDGP
+
+        draw = functools.partial(_draw_city, CityDGP(), Assignment(kind=kind),
+                                 Timing(kind="market_open"), Effect())
+        ests = estimators or {("nqpf", "twfe"): TWFE("nqpf"),
+                              ("nqpf", "event_study"): EventStudy("nqpf")}
+        return Design(draw, ests)
+    draw = functools.partial(_draw_province, ProvinceDGP(), Assignment(kind=kind), Timing(),
+                             Effect())
+    ests = estimators or {
+        ("lnce", "twfe"): TWFE("lnce"),
+        ("lnce", "twfe_controls"): TWFE("lnce", controls=CONTROLS),
+        ("lnce", "event_study"): EventStudy("lnce"),
+    }
+    return Design(draw, ests)
+
+
+def assert_same_table(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-10) -> None:
+    """Same rows, order and dtypes; numbers equal to ``rtol`` (relative, absolute below 1)."""
+    assert list(a.columns) == list(b.columns)
+    assert (a.dtypes == b.dtypes).all(), (a.dtypes, b.dtypes)
+    assert len(a) == len(b)
+    for c in a.columns:
+        if c == "seconds":
+            continue
+        x, y = a[c].to_numpy(), b[c].to_numpy()
+        if c in NUMERIC:
+            assert np.array_equal(np.isnan(x), np.isnan(y)), c
+            ok = ~np.isnan(x)
+            err = np.abs(x[ok] - y[ok]) / np.maximum(1.0, np.abs(x[ok]))
+            assert err.max(initial=0.0) < rtol, (c, err.max())
+        else:
+            assert (x == y).all(), c
+
+
+@pytest.mark.parametrize("kind", ["actual", "random"])
+def test_batched_engine_equals_per_replicate_fits(kind):
+    ests = {
+        ("lnce", "twfe"): TWFE("lnce"),
+        ("lnce", "twfe_controls"): TWFE("lnce", controls=("lnpgdp", "lnes")),
+        ("lnce", "event_study"): EventStudy("lnce"),
+        ("lnce", "es_robust"): EventStudy("lnce", se="robust", dist="normal", pretest="sidak",
+                                          controls=("lnpgdp",), leads=3, lags=4, ref=-2),
+        ("lncei", "twfe_conv"): TWFE("lncei", se="conventional", ssc="full", alpha=0.1),
+        ("lnce", "twfe_lm"): TWFE("lnce", ssc="linearmodels", dist="normal"),
+    }
+    d = _design(kind, ests)
+    per = run_reps(d, 11, range(30), batch=False)
+    assert_same_table(per, run_reps(d, 11, range(30)))
+    assert set(per["role"]) == {"headline", "detail"}
+
+
+def test_batched_engine_equals_per_replicate_fits_staggered():
+    """Staggered market-open dates on the province panel (two cohorts)."""
+    draw = functools.partial(_draw_province, ProvinceDGP(), Assignment(kind="random"),
+                             Timing(kind="market_open"), Effect(dynamics="growing"))
+    d = Design(draw, {("lnce", "twfe"): TWFE("lnce"),
+                      ("lnce", "event_study"): EventStudy("lnce", leads=4, lags=3)})
+    assert_same_table(run_reps(d, 2, range(20), batch=False), run_reps(d, 2, range(20)))
+
+
+def test_same_numbers_whatever_the_chunk_size(tmp_path):
+    d = _design("random")
+    tables = []
+    for size in (1, 7, 50):
+        res = run_designs([d], 50, 4, store=tmp_path / f"s{size}", keys=["k"], chunk_size=size,
+                          backend=Backend(kind="sequential"))
+        tables.append(res.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
+    pd.testing.assert_frame_equal(tables[0], tables[2], check_exact=True)
+
+
+def test_batch_numbers_do_not_depend_on_the_batch(monkeypatch):
+    import experiments.montecarlo as mc
+
+    d = _design("random")
+    whole = run_reps(d, 9, range(20)).drop(columns="seconds")
+    monkeypatch.setattr(mc, "BATCH_SIZE", 3)
+    pd.testing.assert_frame_equal(whole, run_reps(d, 9, range(20)).drop(columns="seconds"),
+                                  check_exact=True)
+
+
+def test_options_without_a_batched_fit_keep_the_per_replicate_path():
+    assert batch_fitter(TWFE("lnce")) is not None
+    assert batch_fitter(EventStudy("lnce")) is not None
+    for est in (TWFE("lnce", se="cr2"), TWFE("lnce", dist="wild"),
+                TWFE("lnce", weights="people"), TWFE("lnce", paper_terms=True),
+                TWFE("lnce", cluster="province"), EventStudy("lnce", bin_endpoints=False),
+                EventStudy("lnce", leads=None)):
+        assert batch_fitter(est) is None, est
+    # a design mixing them gives the per-replicate numbers, rows in the same order
+    d = _design("actual", {("lnce", "twfe"): TWFE("lnce"),
+                           ("lnce", "wild"): TWFE("lnce", dist="wild", wild_draws=99),
+                           ("lnce", "es_unbinned"): EventStudy("lnce", bin_endpoints=False,
+                                                               leads=3, lags=3)})
+    assert_same_table(run_reps(d, 5, range(6), batch=False), run_reps(d, 5, range(6)))
+
+
+def test_a_replicate_the_batch_cannot_reproduce_is_fitted_alone():
+    """An event time no treated row reaches leaves its dummy absorbed: the per-replicate
+    fit drops it with a note, so the batch hands that replicate back."""
+    rngs = [np.random.default_rng(replicate_seed(3, r)) for r in range(4)]
+    batch = draw_province_batch(rngs, assignment=Assignment(kind="random"))
+    cols = dict(batch.columns)
+    # replicate 2: its pilots are treated from 2017, so event times +2.. never occur
+    cohort = cols["cohort"].copy()
+    cohort[2] = np.where(cohort[2] > 0, 2017, 0)
+    time = np.broadcast_to(cols["time"], cohort.shape)
+    cols["cohort"] = cohort
+    cols["d"] = ((cohort > 0) & (time >= cohort)).astype(np.int8)
+    bad = PanelBatch(cols, batch.n_units, batch.n_periods)
+    est = EventStudy("lnce", bin_endpoints=True, leads=5, lags=5)
+    res = fit_event_study_batch(est, bad)
+    assert res.handled.tolist() == [True, True, False, True]
+    fit = est.fit(bad.frame(2))
+    assert any("not identified" in n for n in fit.notes)
+    for b in (0, 3):
+        ref = est.fit(bad.frame(b))
+        assert res.headline["estimate"][b] == pytest.approx(ref.estimate, rel=1e-10)
+        assert res.diagnostics["pretrend_p"][b] == pytest.approx(ref.diagnostics["pretrend_p"],
+                                                                 rel=1e-10)
+
+
+def test_batched_truth_is_the_estimand():
+    batch = draw_province_batch([np.random.default_rng(s) for s in range(5)],
+                                assignment=Assignment(kind="random"),
+                                effect=Effect(dynamics="ramp", het_sd=0.1))
+    for est, fit in ((TWFE("lnce"), batch_fitter(TWFE("lnce"))),
+                     (EventStudy("lnce"), batch_fitter(EventStudy("lnce")))):
+        res = fit(batch)
+        for b in range(5):
+            truth = est.estimand(batch.frame(b))
+            for name, value in truth.items():
+                assert res.truth[name][b] == pytest.approx(value, rel=1e-12, abs=1e-14)
+
+
+def test_designs_find_their_batched_draw():
+    assert batch_draw_of(_design().draw) is not None
+    assert batch_draw_of(lambda rng: None) is None
