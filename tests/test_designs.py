@@ -145,3 +145,10 @@ def test_user_settings_for_an_unselected_estimator_are_refused():
                                           r"that is not selected; selected: twfe, twfe_cr2"):
         compose(["experiment=few_treated", "estimator=[twfe,twfe_cr2]",
                  "estimator.ri_twfe.n_perm=99"])
+
+
+def test_every_design_states_a_default_time_under_five_minutes():
+    """Issue #21: every preset's default size finishes in under 5 minutes on 2 cores, and
+    its documentation says how long (measured; see each DesignInfo's comment)."""
+    for name, info in library().items():
+        assert np.isfinite(info.seconds) and 0 < info.seconds < 300, (name, info.seconds)
