@@ -96,8 +96,7 @@ DESIGNS = [
             ("clustered SEs by state", "Section IV.E, Table VIII"),
             ("randomization inference over placebo assignments (199 permutations, "
              "studentized)", "footnote 11 (p. 256)"),
-            ("200 draws per cell", "BDM: 200-400 placebo laws per cell (Table II note); "
-             "experiment.n_reps=400 for theirs"),
+            ("400 draws per cell", "BDM: 200-400 placebo laws per cell (Table II note)"),
         ),
         numbers=_NUMBERS,
         fidelity=(
@@ -106,12 +105,12 @@ DESIGNS = [
             "stationary law, which BDM do not state). BDM's CPS results (Tables II A, V, VI, "
             "VIII) use microdata that cannot ship: they are shown beside the AR(1) rho 0.8 "
             "cells for the pattern only. Power depends on the error SD, calibrated here. "
-            "Monte Carlo error at the default 200 draws is about 3.5 points at a 37% rate: "
-            "seed 0's first 200 draws give 0.48 at rho 0.8 (1,000 draws: 0.379; seed 1: "
-            "0.342); tests/test_design_bdm.py checks every rho of Table II panel B with "
-            "3,000 draws."),
-        # measured 2026-11-28: didlab experiment=bdm2004, 24 cells x 200 draws, 2 shared cores
-        # (85 s at load 0.3; 97 s at load 1.7), fresh store
-        seconds=96.7,
+            "Monte Carlo error at the default 400 draws is about 2.4 points at a 37% rate "
+            "(seed 0 gives 0.39 at rho 0.8; its first 200 draws alone gave 0.48, 1,000 draws "
+            "0.379, seed 1 0.342); tests/test_design_bdm.py checks every rho of Table II "
+            "panel B with 3,000 draws."),
+        # measured 2026-11-28: didlab experiment=bdm2004, 24 cells x 400 draws, 2 shared cores
+        # (load 1.6 before the run), fresh store
+        seconds=167.2,
     ),
 ]

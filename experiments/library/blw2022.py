@@ -77,7 +77,8 @@ DESIGNS = [
             "estimators target the first six years of the 1989 and 1998 cohorts (te_5); "
             "didlab's each target their own aggregate (CS and Sun-Abraham: every cell "
             "before 2007; stacked: the trimmed aggregate in [-3, +2])."),
-        # measured: `didlab experiment=blw2022`, loky on the 2 shared cores (load ~4)
-        seconds=122.0,
+        # measured 2026-11-28: `didlab experiment=blw2022`, loky on the 2 shared cores, fresh
+        # store (122 s at load ~4; 71 s at load 1.8, imputation now fitting sims 3-6)
+        seconds=70.7,
     ),
 ]

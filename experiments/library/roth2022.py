@@ -103,7 +103,8 @@ DESIGNS = [
             "published with it): a simulated panel with its own covariance, calibrated the "
             "same way; it reproduces the pattern, not the paper's averages. The power "
             "numbers are the calibration's targets."),
-        # measured: `didlab experiment=roth2022`, loky on the 2 shared cores (load ~3.7)
-        seconds=17.0,
+        # measured 2026-11-28: `didlab experiment=roth2022`, loky on the 2 shared cores
+        # (17 s at load ~3.7; 27 s at load 2.4, fresh store)
+        seconds=27.0,
     ),
 ]
