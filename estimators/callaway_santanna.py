@@ -3,6 +3,12 @@
 Estimate once (every ATT(g,t) with its influence function), aggregate many ways (simple,
 dynamic, group, calendar), as R's ``did`` does. Inference from the influence functions
 (clustered by unit), analytic or by the multiplier bootstrap with uniform bands.
+
+Two engines give the same numbers (tests/test_cs_fast.py): ``"fast"`` (the default) reads
+every 2x2 from cohort sums and keeps the influence functions in a compact factor form (see
+"the fast engine" below), so that a million units x 10 periods fit in seconds and in memory
+linear in the rows; ``"reference"`` is the per-cell computation with dense influence
+functions that the R pins were first written against (``ENGINE`` or ``fit(engine=...)``).
 """
 
 from __future__ import annotations
@@ -831,7 +837,9 @@ class CallawaySantAnna:
     varying base). Identification: parallel trends of the comparison group conditional on
     covariates, no anticipation beyond ``anticipation``, overlap. Influence functions are
     R did's (DRDID panel estimators, weights' estimation included in aggregations);
-    clustering at the unit. Implemented for balanced panels.
+    clustering at the unit. Implemented for balanced panels. ``fit(panel, rng, engine=)``
+    picks the engine (default :data:`ENGINE`, ``"fast"``; ``"reference"`` for the per-cell
+    path); with the bootstrap both draw the same Mammen weights from ``rng``.
     """
 
     outcome: str

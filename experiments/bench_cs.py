@@ -162,7 +162,7 @@ def bench_cs_scale(quick: bool) -> list[dict[str, Any]]:
                     continue
                 projected = prev[0] * units * periods / prev[1] if prev else 0.0
                 if projected > BUDGET_S:
-                    notes.append(f"not run: projected {projected:.0f} s per fit from "
+                    notes.append(f"not run: projected {projected:.1f} s per fit from "
                                  f"{prev[0]:.1f} s at {prev[1]:,} rows (budget {BUDGET_S:.0f} s)")
                     row["note"] = "; ".join(notes)
                     rows.append(row)
