@@ -176,6 +176,25 @@ class GroupTime:
         return np.sqrt(np.mean(self.inf**2, axis=0) / self.n)
 
 
+def _cell_2x2(w: Wide, keep: np.ndarray, treated: np.ndarray, ti: int, base: int,
+              covariates: Sequence[str], method: str, unit_weights: np.ndarray | None
+              ) -> tuple[float, np.ndarray]:
+    """ATT(g, t) of one cell by :func:`did_2x2` on the units ``keep`` (treated cohort and
+    its comparisons), outcome change from period ``base`` to ``ti``, covariates at the base
+    period; returns the estimate and its influence function over all ``n`` units (zero
+    outside ``keep``), scaled to the full sample as R did does. Shared by the reference
+    path and the fast path's covariate cells."""
+    n = keep.size
+    dy = w.y[keep, ti] - w.y[keep, base]
+    x = np.column_stack([np.ones(int(keep.sum()))]
+                        + [w.x[c][keep, base] for c in covariates])
+    att, inf_sub = did_2x2(dy, treated[keep].astype(int), x, method,
+                           None if unit_weights is None else unit_weights[keep])
+    inf = np.zeros(n)
+    inf[keep] = inf_sub * (n / keep.sum())
+    return att, inf
+
+
 def group_time(w: Wide, control_group: str, base_period: str, anticipation: int, method: str,
                covariates: Sequence[str], unit_weights: np.ndarray | None = None) -> GroupTime:
     """Estimate every ATT(g,t) as R ``did::att_gt`` does (balanced panel)."""
@@ -214,14 +233,7 @@ def group_time(w: Wide, control_group: str, base_period: str, anticipation: int,
             keep = treated | control
             if not control.any():
                 continue
-            dy = w.y[keep, ti] - w.y[keep, base]
-            x = np.ones((int(keep.sum()), 1))
-            if covariates:
-                x = np.column_stack([x] + [w.x[c][keep, base] for c in covariates])
-            att, inf_sub = did_2x2(dy, treated[keep].astype(int), x, method,
-                                   None if unit_weights is None else unit_weights[keep])
-            inf = np.zeros(n)
-            inf[keep] = inf_sub * (n / keep.sum())
+            att, inf = _cell_2x2(w, keep, treated, ti, base, covariates, method, unit_weights)
             cells_g.append(g)
             cells_t.append(t)
             atts.append(att)
@@ -573,13 +585,8 @@ def _group_time_fast(w: Wide, control_group: str, base_period: str, anticipation
             else:
                 treated = code == gi
                 keep = treated | ctrl[code]
-                dy = w.y[keep, ti] - w.y[keep, base]
-                x = np.column_stack([np.ones(int(keep.sum()))]
-                                    + [w.x[c][keep, base] for c in covariates])
-                att, inf_sub = did_2x2(dy, treated[keep].astype(int), x, method,
-                                       None if unit_weights is None else unit_weights[keep])
-                inf = np.zeros(n)
-                inf[keep] = inf_sub * (n / keep.sum())
+                att, inf = _cell_2x2(w, keep, treated, ti, base, covariates, method,
+                                     unit_weights)
                 dense.append(inf)
             cells_g.append(g)
             cells_t.append(t)
