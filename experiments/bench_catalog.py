@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .bench import _NEW_COLUMNS, run_isolated
+from .bench import run_isolated
 
 #: seconds of timed replicates per (estimator, design, tool)
 BUDGET_S = 3.0

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from estimators.panel import OptionError, check_choice
+from estimators.panel import OptionError
 
 from . import report
 from .build import build_draw, build_estimators
