@@ -34,6 +34,7 @@ depend on the batch) and the ``K x K`` inverses are LAPACK calls made matrix by 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -43,7 +44,7 @@ from scipy import special
 
 from .event_study import EventStudy
 from .fe import ABSORB_TOL, COLLINEAR_TOL, Dof, reference_df, ssc_factor
-from .panel import COHORT, D, TIME, UNIT
+from .panel import COHORT, D, TIME, UNIT, check_choice
 from .result import critical_value, p_value
 from .twfe import TWFE
 
@@ -138,7 +139,7 @@ class _Grid:
     n_units: int
     n_periods: int
     times: np.ndarray          # (T,) the periods, ascending
-    cohort: np.ndarray         # (B, N) first treated period, 0 = never
+    cohort: np.ndarray         # (B, N) first treated period, 0 = never; (1, N) when shared
     ok: np.ndarray             # (B,) replicates whose shape the batch reproduces
 
 
@@ -160,7 +161,9 @@ def _grid(batch: PanelBatch) -> _Grid | None:
             or not np.all(np.diff(unit.reshape(n, t)[:, 0]) > 0)
             or not np.all(unit.reshape(n, t) == unit.reshape(n, t)[:, :1])):
         return None
-    cohort_rows = batch.column(COHORT).reshape(batch.n_reps, n, t)
+    # a design with one assignment stores cohort and d once: checked once, cohort (1, N)
+    rows = 1 if _shared(batch, (COHORT, D)) else batch.n_reps
+    cohort_rows = batch.column(COHORT)[:rows].reshape(rows, n, t)
     cohort = cohort_rows[:, :, 0]
     ok = np.all(cohort_rows == cohort[:, :, None], axis=(1, 2))
     c = cohort.astype(float)
@@ -171,10 +174,10 @@ def _grid(batch: PanelBatch) -> _Grid | None:
     ok &= ~np.any(treated & (c <= times[0]), axis=1)
     ok &= np.all(pos == np.round(pos), axis=1)
     ok &= treated.any(axis=1)
-    d = batch.column(D).reshape(batch.n_reps, n, t)
+    d = batch.column(D)[:rows].reshape(rows, n, t)
     expect = treated[:, :, None] & (time[None, :t] >= cohort[:, :, None])
     ok &= np.all((d == 1) == expect, axis=(1, 2)) & np.all((d == 0) | (d == 1), axis=(1, 2))
-    return _Grid(n, t, time[:t], cohort, ok)
+    return _Grid(n, t, time[:t], cohort, np.broadcast_to(ok, (batch.n_reps,)).copy())
 
 
 def _within(z: np.ndarray) -> np.ndarray:
@@ -187,9 +190,130 @@ def _within(z: np.ndarray) -> np.ndarray:
     return z - unit_mean - time_mean + grand
 
 
-def _fe_ols(y: np.ndarray, x: np.ndarray, ok: np.ndarray, opts: Any) -> dict[str, Any]:
-    """Batched two-way FE least squares of ``y (B, N, T)`` on ``x (B, K, N, T)``, or on
-    ``x (1, K, N, T)`` when every replicate has the same regressors.
+#: engines of the batched fit with regressors shared by every replicate (one assignment,
+#: fixed controls): "numba" (a compiled loop over replicates; the fast path) and "numpy"
+#: (the reference, array operations over the batch). They agree to rounding (1e-12,
+#: ``tests/test_batch.py``); each replicate's numbers are its own in both, whatever the
+#: batch. Replicates with their own regressors always take the numpy path.
+BATCH_ENGINES = ("numba", "numpy")
+BATCH_ENGINE = "numba" if importlib.util.find_spec("numba") is not None else "numpy"
+
+_MODES = {"conventional": 0, "robust": 1, "cluster": 2}
+
+
+def _k_fe_ols_shared(y, xt, bread, mode, factor):  # pragma: no cover - compiled
+    """Per replicate ``b``: two-way within transform of ``y[b]`` ``(N, T)``, coefficients
+    ``bread @ xt'y``, residuals, and the covariance ``factor * bread meat bread`` (mode 0:
+    ``bread * rss``; 1: heteroskedasticity-robust; 2: clustered by unit), for regressors
+    ``xt`` ``(N, T, K)`` already within-transformed and shared by every replicate. Also
+    whether the within outcome varies (beyond 1e-10 of ``max |y|``). Two passes over a
+    replicate's observations: the within outcome and ``xt'y``; then residuals and scores."""
+    b_n, n, t = y.shape
+    k = xt.shape[2]
+    coef = np.zeros((b_n, k))
+    cov = np.zeros((b_n, k, k))
+    varies = np.zeros(b_n, dtype=np.bool_)
+    r = np.empty((n, t))
+    um = np.empty(n)
+    tm = np.empty(t)
+    xty = np.empty(k)
+    s = np.empty(k)
+    meat = np.empty((k, k))
+    half = np.empty((k, k))
+    for b in range(b_n):
+        scale = 0.0
+        tm[:] = 0.0
+        grand = 0.0
+        for i in range(n):
+            acc = 0.0
+            for j in range(t):
+                v = y[b, i, j]
+                acc += v
+                tm[j] += v
+                if abs(v) > scale:
+                    scale = abs(v)
+            um[i] = acc / t
+            grand += um[i]
+        grand /= n
+        for j in range(t):
+            tm[j] /= n
+        tol = 1e-10 * max(scale, 1e-300)
+        any_var = False
+        xty[:] = 0.0
+        for i in range(n):
+            for j in range(t):
+                v = y[b, i, j] - um[i] - tm[j] + grand
+                r[i, j] = v
+                if abs(v) > tol:
+                    any_var = True
+                for q in range(k):
+                    xty[q] += xt[i, j, q] * v
+        varies[b] = any_var
+        for q in range(k):
+            acc = 0.0
+            for l in range(k):
+                acc += bread[q, l] * xty[l]
+            coef[b, q] = acc
+        meat[:, :] = 0.0
+        rss = 0.0
+        for i in range(n):
+            s[:] = 0.0
+            for j in range(t):
+                e = r[i, j]
+                for q in range(k):
+                    e -= xt[i, j, q] * coef[b, q]
+                if mode == 0:
+                    rss += e * e
+                elif mode == 1:     # one score per observation
+                    for q in range(k):
+                        s[q] = xt[i, j, q] * e
+                    for q in range(k):
+                        for l in range(k):
+                            meat[q, l] += s[q] * s[l]
+                else:               # one score per unit: its periods summed
+                    for q in range(k):
+                        s[q] += xt[i, j, q] * e
+            if mode == 2:
+                for q in range(k):
+                    for l in range(k):
+                        meat[q, l] += s[q] * s[l]
+        if mode == 0:
+            for q in range(k):
+                for l in range(k):
+                    cov[b, q, l] = bread[q, l] * (rss * factor)
+            continue
+        for q in range(k):
+            for l in range(k):
+                acc = 0.0
+                for m in range(k):
+                    acc += bread[q, m] * meat[m, l]
+                half[q, l] = acc
+        for q in range(k):
+            for l in range(k):
+                acc = 0.0
+                for m in range(k):
+                    acc += half[q, m] * bread[m, l]
+                cov[b, q, l] = factor * acc
+    return coef, cov, varies
+
+
+_KERNEL: list[Callable[..., Any]] = []
+
+
+def _shared_kernel() -> Callable[..., Any]:
+    """:func:`_k_fe_ols_shared` compiled (or loaded from numba's cache) on first use."""
+    if not _KERNEL:
+        import numba
+
+        _KERNEL.append(numba.njit(cache=True, nogil=True)(_k_fe_ols_shared))
+    return _KERNEL[0]
+
+
+def _fe_ols(y: np.ndarray, x: np.ndarray, ok: np.ndarray, opts: Any, shared: bool
+            ) -> dict[str, Any]:
+    """Batched two-way FE least squares of ``y (B, N, T)`` on ``x (B, K, N, T)``, or, with
+    ``shared`` (every replicate has the same regressors, a property of the design), on
+    ``x (1, K, N, T)``.
 
     Returns coefficients ``(B, K)``, covariance ``(B, K, K)`` (the options' convention),
     the reference law's degrees of freedom and the counts, and ``ok`` narrowed to the
@@ -200,10 +324,7 @@ def _fe_ols(y: np.ndarray, x: np.ndarray, ok: np.ndarray, opts: Any) -> dict[str
     b_n, n, t = y.shape
     m, k = x.shape[0], x.shape[1]
     o = n * t
-    yt = _within(y).reshape(b_n, o)
     xt = _within(x).reshape(m, k, o)
-    scale = np.max(np.abs(y.reshape(b_n, o)), axis=1)
-    ok = ok & np.any(np.abs(yt) > 1e-10 * np.maximum(scale, 1e-300)[:, None], axis=1)
     # contractions over observations run along the contiguous last axis, one replicate's
     # sums each
     gram = np.einsum("bko,blo->bkl", xt, xt, optimize=False)            # (m, K, K)
@@ -228,7 +349,25 @@ def _fe_ols(y: np.ndarray, x: np.ndarray, ok: np.ndarray, opts: Any) -> dict[str
     ok = ok & good                                                      # (B,) with m = 1 too
     safe = np.where(good[:, None, None], gram, np.eye(k))
     bread = np.linalg.inv(safe)                                         # (m, K, K)
-    if m == 1:
+    se, ssc, dist = opts.se, opts.ssc, opts.dist
+    clustered = se == "cluster"
+    dof = Dof(n_obs=o, k=k, n_units=n, n_periods=t, n_clusters=n if clustered else 0,
+              unit_nested=clustered, time_nested=clustered and t == 1)
+    factor = ssc_factor(se, ssc, dof)
+    df = reference_df(se, dist, dof)
+    if m != (1 if shared else b_n):
+        raise ValueError(f"shared={shared} with regressors for {m} of {b_n} replicates")
+    if shared and BATCH_ENGINE == "numba":
+        check_choice("BATCH_ENGINE", BATCH_ENGINE, BATCH_ENGINES)
+        coef, cov, varies = _shared_kernel()(
+            np.ascontiguousarray(y, dtype=np.float64), np.ascontiguousarray(np.moveaxis(xt[0].reshape(k, n, t), 0, -1)),
+            np.ascontiguousarray(bread[0]), _MODES[se], float(factor))
+        return {"coef": coef, "cov": cov, "df": df, "ok": ok & varies, "dof": dof}
+    check_choice("BATCH_ENGINE", BATCH_ENGINE, BATCH_ENGINES)
+    yt = _within(y).reshape(b_n, o)
+    scale = np.max(np.abs(y.reshape(b_n, o)), axis=1)
+    ok = ok & np.any(np.abs(yt) > 1e-10 * np.maximum(scale, 1e-300)[:, None], axis=1)
+    if shared:
         xty = np.einsum("ko,bo->bk", xt[0], yt, optimize=False)
         coef = np.einsum("kl,bl->bk", bread[0], xty, optimize=False)
     else:
@@ -237,11 +376,6 @@ def _fe_ols(y: np.ndarray, x: np.ndarray, ok: np.ndarray, opts: Any) -> dict[str
     resid = yt.copy()
     for j in range(k):  # y - X b, one regressor at a time (element-wise)
         resid -= coef[:, j:j + 1] * xt[:, j]
-    se, ssc, dist = opts.se, opts.ssc, opts.dist
-    clustered = se == "cluster"
-    dof = Dof(n_obs=o, k=k, n_units=n, n_periods=t, n_clusters=n if clustered else 0,
-              unit_nested=clustered, time_nested=clustered and t == 1)
-    factor = ssc_factor(se, ssc, dof)
     bread_b = np.broadcast_to(bread, (b_n, k, k))
     if se == "conventional":
         rss = np.einsum("bo,bo->b", resid, resid, optimize=False)
@@ -253,7 +387,6 @@ def _fe_ols(y: np.ndarray, x: np.ndarray, ok: np.ndarray, opts: Any) -> dict[str
         meat = np.einsum("bkg,blg->bkl", scores, scores, optimize=False)
         half = np.einsum("bkl,blm->bkm", bread_b, meat, optimize=False)
         cov = factor * np.einsum("bkm,bmn->bkn", half, bread_b, optimize=False)
-    df = reference_df(se, dist, dof)
     # C order whatever path made them: einsum kernels (and so roundings) follow the layout
     return {"coef": np.ascontiguousarray(coef), "cov": np.ascontiguousarray(cov), "df": df,
             "ok": ok, "dof": dof}
@@ -270,14 +403,24 @@ def _stats(est: np.ndarray, se: np.ndarray, alpha: float, df: float | None
             "conf_low": est - crit * se, "conf_high": est + crit * se}
 
 
-def _controls(batch: PanelBatch, names: Sequence[str], shape: tuple[int, int, int]
-              ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Control columns as ``(B, N, T)`` arrays and the replicates where all are finite."""
-    out = [batch.column(c).astype(float, copy=False).reshape(shape) for c in names]
+def _controls(batch: PanelBatch, names: Sequence[str], shape: tuple[int, int, int],
+              shared: bool = False) -> tuple[list[np.ndarray], np.ndarray]:
+    """Control columns as ``(B, N, T)`` arrays (``(1, N, T)`` with ``shared``: every
+    replicate's are the same) and the replicates where all are finite."""
+    rows = 1 if shared else shape[0]
+    out = [(batch.columns[c] if shared else batch.column(c)).astype(float, copy=False)
+           .reshape((rows, *shape[1:])) for c in names]
     ok = np.ones(shape[0], dtype=bool)
     for c in out:
         ok &= np.isfinite(c).all(axis=(1, 2))
     return out, ok
+
+
+def _shared(batch: PanelBatch, names: Sequence[str]) -> bool:
+    """Whether the columns ``names`` are stored once for every replicate: a property of the
+    design (a fixed assignment, ``data.redraw=outcome``), never of the batch's contents, so
+    that which path a replicate takes does not depend on its batch."""
+    return all(batch.columns[c].ndim == 1 for c in names)
 
 
 def _mask_stats(values: Mapping[str, np.ndarray], ok: np.ndarray) -> dict[str, np.ndarray]:
@@ -303,17 +446,15 @@ def fit_twfe_batch(est: TWFE, batch: PanelBatch) -> BatchEstimates | None:
     shape = (b_n, n, t)
     y = batch.column(est.outcome).astype(float, copy=False).reshape(shape)
     ok = grid.ok & np.isfinite(y).all(axis=(1, 2))
-    controls, finite = _controls(batch, tuple(est.controls), shape)
+    # a design with one assignment (and fixed controls) stores them once: the regressors
+    # are then shared by every replicate, demeaned once
+    shared = _shared(batch, (D, *est.controls))
+    controls, finite = _controls(batch, tuple(est.controls), shape, shared)
     ok &= finite
     d_all = batch.column(D)
-    # a design with one assignment stores it once: its regressors are shared (decided by
-    # the design, never by the batch's contents, so that the path does not depend on the
-    # batch)
-    if not controls and batch.columns[D].ndim == 1:
-        x = d_all[:1].astype(float).reshape(1, 1, n, t)
-    else:
-        x = np.stack([d_all.astype(float).reshape(shape), *controls], axis=1)
-    fit = _fe_ols(y, x, ok, est)
+    rows = 1 if shared else b_n
+    x = np.stack([d_all[:rows].astype(float).reshape(rows, n, t), *controls], axis=1)
+    fit = _fe_ols(y, x, ok, est, shared)
     ok = fit["ok"]
     var = np.einsum("bkk->bk", fit["cov"])
     se = np.sqrt(np.maximum(var, 0.0))
@@ -343,7 +484,8 @@ def fit_event_study_batch(est: EventStudy, batch: PanelBatch) -> BatchEstimates 
         return None
     y = batch.column(est.outcome).astype(float, copy=False).reshape(shape)
     ok = grid.ok & np.isfinite(y).all(axis=(1, 2))
-    controls, finite = _controls(batch, tuple(est.controls), shape)
+    same = _shared(batch, (COHORT, *est.controls))
+    controls, finite = _controls(batch, tuple(est.controls), shape, same)
     ok &= finite
     times_f = grid.times.astype(float)
     step = times_f[1] - times_f[0]
@@ -353,11 +495,12 @@ def fit_event_study_batch(est: EventStudy, batch: PanelBatch) -> BatchEstimates 
     k = np.clip(rel, -leads, lags)                                    # binned endpoints
     event_times = [e for e in range(-leads, lags + 1) if e != ref]
     names = [f"ev{e:+d}" for e in event_times]
-    same = not controls and batch.columns[COHORT].ndim == 1
     src = slice(0, 1) if same else slice(None)   # one assignment: event dummies shared
-    dummies = [(treated[src, :, None] & (k[src] == e)).astype(float) for e in event_times]
+    rows = 1 if same else b_n
+    dummies = [np.broadcast_to((treated[src, :, None] & (k[src] == e)).astype(float),
+                               (rows, n, t)) for e in event_times]
     x = np.stack([*dummies, *controls], axis=1)
-    fit = _fe_ols(y, x, ok, est)
+    fit = _fe_ols(y, x, ok, est, same)
     ok = fit["ok"]
     coef, cov, df = fit["coef"], fit["cov"], fit["df"]
     se_terms = np.sqrt(np.maximum(np.einsum("bkk->bk", cov), 0.0))
@@ -389,14 +532,23 @@ def fit_event_study_batch(est: EventStudy, batch: PanelBatch) -> BatchEstimates 
     if batch.has(te_col):
         te = batch.column(te_col).reshape(shape)
 
-        def mean_at(e: int) -> np.ndarray:
-            m = treated[:, :, None] & (k == e)
+        if _shared(batch, (COHORT, D)):  # one assignment: each event time's cells, once
+            masks = np.stack([(treated[0, :, None] & (k[0] == e)).ravel()
+                              for e in (ref, *event_times)]).astype(float)
             with np.errstate(invalid="ignore", divide="ignore"):
-                return np.where(m, te, 0.0).sum(axis=(1, 2)) / m.sum(axis=(1, 2))
+                means = (np.einsum("bo,eo->be", te.reshape(b_n, n * t), masks, optimize=False)
+                         / masks.sum(axis=1))
+            for j, name in enumerate(names, start=1):
+                truth[name] = means[:, j] - means[:, 0]
+        else:
+            def mean_at(e: int) -> np.ndarray:
+                m = treated[:, :, None] & (k == e)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    return np.where(m, te, 0.0).sum(axis=(1, 2)) / m.sum(axis=(1, 2))
 
-        base = mean_at(ref)
-        for e, name in zip(event_times, names):
-            truth[name] = mean_at(e) - base
+            base = mean_at(ref)
+            for e, name in zip(event_times, names):
+                truth[name] = mean_at(e) - base
         with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
             __import__("warnings").simplefilter("ignore", RuntimeWarning)
             truth["ATT_post"] = np.nanmean(np.stack([truth[names[j]] for j in post]), axis=0)

@@ -14,7 +14,7 @@ from estimators import catalog
 from estimators.panel import OptionError, check_choice
 from simulate.city import CityDGP, draw_city
 from simulate.design import Assignment, Effect, Timing, validate_design
-from simulate.province import ProvinceDGP, draw_province
+from simulate.province import ProvinceDGP, draw_province, validate_redraw
 from simulate import registry
 
 EXACT = {"auto": "auto", "true": True, "false": False}
@@ -152,6 +152,7 @@ def build_draw(cfg: DictConfig) -> Callable[[np.random.Generator], pd.DataFrame]
 
     channels = tuple(Channel(**dict(c)) for c in _plain(cfg.data.get("channels", [])))
     validate_channels(channels, dgp.years.size)
+    validate_redraw(dgp, channels)
     return functools.partial(_draw_province, dgp, assignment, timing, effect, channels)
 
 

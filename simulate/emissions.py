@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -55,12 +55,24 @@ def carbon_emissions(fuels: Mapping[str, np.ndarray]) -> np.ndarray:
     missing = [f for f in FUELS if f not in fuels]
     if missing:
         raise PanelError(f"fuel {missing[0]!r} is missing; the formula needs all of {list(FUELS)}")
-    total = 0.0
+    total: Any = 0.0
+    term = None
     for name, (coal_equiv, factor) in EMISSION_FACTORS.items():
         q = np.asarray(fuels[name], dtype=float)
         if (q < 0).any():
             raise PanelError(f"fuel {name!r} has a negative quantity")
-        total = total + q * coal_equiv * factor
+        # total + q * coal_equiv * factor, rounded as written, in reused buffers (the
+        # simulator calls this on every replicate: fresh temporaries cost more than the
+        # arithmetic)
+        if term is None or term.shape != q.shape:
+            term = np.multiply(q, coal_equiv)
+        else:
+            np.multiply(q, coal_equiv, out=term)
+        term *= factor
+        if isinstance(total, np.ndarray) and total.shape == term.shape:
+            total += term
+        else:
+            total = total + term
     return np.asarray(total)
 
 
@@ -86,8 +98,20 @@ def fuels_for_emissions(
     the result to :func:`carbon_emissions` returns ``emissions``.
     """
     energy = emissions / emission_factor_of_mix(coal_share, non_coal_mix)
-    out = {"coal": energy * coal_share / EMISSION_FACTORS["coal"][0]}
-    for j, name in enumerate(NON_COAL_MIX):
-        share = non_coal_mix[..., j]
-        out[name] = energy * (1 - coal_share) * share / EMISSION_FACTORS[name][0]
+    # each fuel is written into one block, the arithmetic rounded as written:
+    # coal = energy * coal_share / c; other = energy * (1 - coal_share) * share / c, whose
+    # first product is the same for every fuel (computed once); a broadcast mix's share is
+    # made contiguous first. The simulator calls this on every replicate, where fresh
+    # temporaries cost more than the arithmetic
+    shape = np.broadcast_shapes(energy.shape, np.shape(coal_share))
+    block = np.empty((len(NON_COAL_MIX) + 1, *shape))
+    np.multiply(energy, coal_share, out=block[0, ...])
+    block[0, ...] /= EMISSION_FACTORS["coal"][0]
+    out = {"coal": block[0, ...]}
+    rest = np.multiply(energy, 1 - coal_share, out=energy if energy.shape == shape else None)
+    for j, name in enumerate(NON_COAL_MIX, start=1):
+        share = np.ascontiguousarray(non_coal_mix[..., j - 1])
+        np.multiply(rest, share, out=block[j, ...])
+        block[j, ...] /= EMISSION_FACTORS[name][0]
+        out[name] = block[j, ...]
     return out

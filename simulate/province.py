@@ -86,6 +86,10 @@ BETA_LNCE = {
 }
 
 
+#: what a replicate redraws (:attr:`ProvinceDGP.redraw`)
+REDRAW = ("all", "outcome")
+
+
 @dataclass
 class ProvinceDGP:
     """Parameters of the province process (defaults: calibrated to seed 002)."""
@@ -123,6 +127,15 @@ class ProvinceDGP:
     pm10_effect: float = -0.0288     # seed 000: 0.0288, 0.0170, 0.0105 mg/m3 lower
     so2_effect: float = -0.0170
     no2_effect: float = -0.0105
+    # what each replicate redraws. "all": everything (the unconditional design). "outcome":
+    # the covariates, the pilots and their dates, and the fuel mix are drawn once, from
+    # design_seed, and held fixed; each replicate draws only the outcome's random parts
+    # (effect heterogeneity, province effects, year shocks, AR(1) error, and seed 000's
+    # outcomes when on): a fixed-design Monte Carlo, conditional on the regressors and on
+    # one treatment assignment (the replicate-batched engine then demeans the regressors
+    # once for all replicates)
+    redraw: str = "all"
+    design_seed: int = 0
 
     def validate(self) -> None:
         if self.last_year <= self.first_year:
@@ -140,6 +153,13 @@ class ProvinceDGP:
             raise OptionError(f"data.sigma_size={self.sigma_size} must be >= 0")
         if not 0 <= self.factor_corr < 1:
             raise OptionError(f"data.factor_corr={self.factor_corr} must lie in [0, 1)")
+        if self.redraw not in REDRAW:
+            raise OptionError(f"data.redraw={self.redraw!r} is not one of {list(REDRAW)}: "
+                              "'all' redraws the whole panel each replicate, 'outcome' holds "
+                              "the covariates and the assignment at one draw (data.design_seed)")
+        if isinstance(self.design_seed, bool) or not isinstance(self.design_seed, (int, np.integer)) \
+                or self.design_seed < 0:
+            raise OptionError(f"data.design_seed={self.design_seed!r} must be an integer >= 0")
 
     @property
     def years(self) -> np.ndarray:
@@ -309,11 +329,18 @@ def draw_province_batch(
     n_cov = len(COVARIATES)
     cell = n_units * n_years
 
+    # what varies over replicates: everything, or (redraw="outcome") only the outcome's
+    # random parts, the covariates, pilots and fuel mix being one draw from design_seed
+    fixed = dgp.redraw == "outcome"
+    validate_redraw(dgp, channels)
+    design_rngs = [np.random.default_rng(dgp.design_seed)] if fixed else rngs
+    n_x = len(design_rngs)       # leading size of what the design draws (1 when fixed)
+
     # --- covariates -------------------------------------------------------------------
     # the draw's first normals, one call per replicate: the common factor, then per
     # covariate its province shocks and its AR(1) innovations
-    first = np.empty((n_reps, n_units + n_cov * (n_units + cell)))
-    for b, rng in enumerate(rngs):
+    first = np.empty((n_x, n_units + n_cov * (n_units + cell)))
+    for b, rng in enumerate(design_rngs):
         first[b] = rng.standard_normal(first.shape[1])
     factor = first[:, :n_units]
     logs: dict[str, np.ndarray] = {}
@@ -324,8 +351,8 @@ def draw_province_batch(
     # every covariate's AR(1) noise in one pass over time (the innovations of covariate j
     # follow its province shocks in the stream)
     noise_sd = np.array([c[2] for c in COVARIATES.values()])[:, None]  # (covariate, unit)
-    innov = first[:, n_units:].reshape(n_reps, n_cov, n_units + cell)[:, :, n_units:]
-    noises = _ar1_of(innov.reshape(n_reps, n_cov, n_units, n_years), dgp.rho_x, noise_sd)
+    innov = first[:, n_units:].reshape(n_x, n_cov, n_units + cell)[:, :, n_units:]
+    noises = _ar1_of(innov.reshape(n_x, n_cov, n_units, n_years), dgp.rho_x, noise_sd)
     at = n_units
     for j, (name, (level, growth, noise, loading)) in enumerate(COVARIATES.items()):
         loc = np.empty(n_units)
@@ -348,30 +375,37 @@ def draw_province_batch(
     # --- treatment, then the untreated outcome's random parts, replicate by replicate ----
     pilot_idx = np.flatnonzero(profile)
     dates = [MARKET_OPENED[PROVINCES[i]] for i in pilot_idx]
-    cohort = np.empty((n_reps, n_units), dtype=np.int64)
-    z_pgdp = np.empty((n_reps, n_units))
+    cohort = np.empty((n_x, n_units), dtype=np.int64)
     second = np.empty((n_reps, 2 * n_units + n_years + cell))
     second_at = np.cumsum([0, n_units, n_units, n_years])
-    mix = np.empty((n_reps, n_units, len(NON_COAL_MIX)))
-    scale = np.ones((n_reps, n_units))
+    mix = np.empty((n_x, n_units, len(NON_COAL_MIX)))
+    scale = np.ones((n_x, n_units))
     # reductions over provinces run along each replicate's own row, as the single draw's
     baseline = logs["lnpgdp"][:, :, 0]
     z_pgdp = ((baseline - baseline.mean(axis=1, keepdims=True))
               / baseline.std(axis=1, keepdims=True))
-    for b, rng in enumerate(rngs):
-        cohort[b] = assign_cohorts(assignment, timing, years, pilot_idx, dates, baseline[b], rng,
-                                   n_pilots=assignment.n_pilots)
-        # the effect's heterogeneity, province and year effects, the AR(1) error: in order
-        second[b] = rng.standard_normal(second.shape[1])
-        mix[b] = rng.dirichlet(40 * np.array(list(NON_COAL_MIX.values())), size=n_units)
+    mix_alpha = 40 * np.array(list(NON_COAL_MIX.values()))
+    if fixed:  # the design's assignment and mix, then each replicate's outcome normals
+        cohort[0] = assign_cohorts(assignment, timing, years, pilot_idx, dates, baseline[0],
+                                   design_rngs[0], n_pilots=assignment.n_pilots)
+        mix[0] = design_rngs[0].dirichlet(mix_alpha, size=n_units)
+        for b, rng in enumerate(rngs):
+            second[b] = rng.standard_normal(second.shape[1])
+    else:
+        for b, rng in enumerate(rngs):
+            cohort[b] = assign_cohorts(assignment, timing, years, pilot_idx, dates, baseline[b],
+                                       rng, n_pilots=assignment.n_pilots)
+            # the effect's heterogeneity, province and year effects, the AR(1) error: in order
+            second[b] = rng.standard_normal(second.shape[1])
+            mix[b] = rng.dirichlet(mix_alpha, size=n_units)
     lam = dgp.year_sd * second[:, second_at[2]:second_at[3]]
     lam -= lam.mean(axis=1, keepdims=True)
     if dgp.sigma_size:
         log_pop = logs["lnpeople"][:, :, 0]
-        for b in range(n_reps):  # exp of each replicate's own array, as the single draw
+        for b in range(n_x):  # exp of each replicate's own array, as the single draw
             scale[b] = np.exp(-0.5 * dgp.sigma_size * (log_pop[b] - log_pop[b].mean()))
-    t_grid = np.broadcast_to(years[None, None, :], (n_reps, n_units, n_years))
-    c_grid = np.broadcast_to(cohort[:, :, None], (n_reps, n_units, n_years))
+    t_grid = np.broadcast_to(years[None, None, :], (n_x, n_units, n_years))
+    c_grid = np.broadcast_to(cohort[:, :, None], (n_x, n_units, n_years))
     treated_unit = cohort > 0
     k = np.where(treated_unit[:, :, None], t_grid - c_grid, -np.inf)
     tau_i = effect.het_pgdp * z_pgdp + effect.het_sd * second[:, :second_at[1]]
@@ -416,15 +450,15 @@ def draw_province_batch(
     xb = sum(outcome_terms[n] for n in CONTROLS)
     level_c = np.array([np.log(CE_MEAN[g]) for g in group])
     # centre xb within profile (each replicate's profile cells, reduced along its own row)
-    mean_xb = np.where(profile, xb[:, profile].reshape(n_reps, -1).mean(axis=1)[:, None],
-                       xb[:, ~profile].reshape(n_reps, -1).mean(axis=1)[:, None])
+    mean_xb = np.where(profile, xb[:, profile].reshape(n_x, -1).mean(axis=1)[:, None],
+                       xb[:, ~profile].reshape(n_x, -1).mean(axis=1)[:, None])
     y0 = ((level_c - 0.5 * 0.3)[None, :, None] + (xb - mean_xb[:, :, None])
           + alpha[:, :, None] + lam[:, None, :] + trend + u)
     if channels:
         y0 = y0 + outcome_trend
 
     # --- emissions by the IPCC accounting -------------------------------------------------
-    mix_grid = np.broadcast_to(mix[:, :, None, :], (n_reps, n_units, n_years, mix.shape[2]))
+    mix_grid = np.broadcast_to(mix[:, :, None, :], (n_x, n_units, n_years, mix.shape[2]))
     es = levels["es"]
     fuels = fuels_for_emissions(np.exp(y0 + te), es, mix_grid)
     ce = carbon_emissions(fuels)
@@ -437,23 +471,27 @@ def draw_province_batch(
     def flat(v: np.ndarray) -> np.ndarray:
         return v.reshape(n_reps, cell)
 
+    def design_col(v: np.ndarray) -> np.ndarray:
+        # what the design holds fixed is stored once, (n_obs,): batched fits then share it
+        return v.reshape(cell) if fixed else flat(v)
+
     cols: dict[str, np.ndarray] = {
         UNIT: np.repeat(np.arange(1, n_units + 1), n_years),
         TIME: np.tile(years, n_units),
-        COHORT: flat(np.ascontiguousarray(c_grid)),
-        D: flat(d),
+        COHORT: design_col(np.ascontiguousarray(c_grid)),
+        D: design_col(d),
         "lnce": flat(lnce),
         "lncei": flat(lncei),
     }
-    if assignment.kind == "actual":
+    if assignment.kind == "actual" and not fixed:
         # one assignment in every replicate, a property of the design (not of the batch):
         # batched fits then share the treatment's regressors across replicates
         cols[COHORT], cols[D] = cols[COHORT][0], cols[D][0]
-    cols.update({n: flat(v) for n, v in logs.items()})
-    cols.update({n: flat(v) for n, v in levels.items()})
+    cols.update({n: design_col(v) for n, v in logs.items()})
+    cols.update({n: design_col(v) for n, v in levels.items()})
     cols.update({n: flat(v) for n, v in fuels.items()})
     cols["ce"] = flat(ce)
-    cols["gdp"] = flat(gdp)
+    cols["gdp"] = design_col(gdp)
     cols["y0_lnce"] = flat(y0)
     cols["te_lnce"] = flat(te)
     cols["y0_lncei"] = flat(y0 - np.log(gdp))
@@ -461,7 +499,9 @@ def draw_province_batch(
     cols["province"] = np.repeat(np.array(PROVINCES, dtype=object), n_years)
     cols["pilot_profile"] = np.repeat(profile, n_years)
     if dgp.air_outcomes:
-        air = [_air_outcomes(rng, dgp, cohort[b], years, k_eff[b], treated_unit[b])
+        x_of = (lambda b: 0) if fixed else (lambda b: b)
+        air = [_air_outcomes(rng, dgp, cohort[x_of(b)], years, k_eff[x_of(b)],
+                             treated_unit[x_of(b)])
                for b, rng in enumerate(rngs)]
         cols.update({n: np.stack([a[n] for a in air]) for n in air[0]})
     if channels:
@@ -474,6 +514,18 @@ def draw_province_batch(
             for m in draws[0].indirect:
                 cols[f"ie_{outcome}_{m}"] = np.stack([ch.indirect[m].ravel() for ch in draws])
     return PanelBatch(cols, n_units, n_years)
+
+
+def validate_redraw(dgp: ProvinceDGP, channels: Sequence[Channel]) -> None:
+    """Refuse a fixed design (``data.redraw=outcome``) with mediator channels: a channel
+    moves its covariate by the treatment with its own random parts each replicate, which
+    a design that holds the covariates fixed cannot honour."""
+    if dgp.redraw != "all" and channels:
+        raise OptionError(
+            f"data.redraw={dgp.redraw!r} holds the covariates fixed, but data.channels "
+            f"({', '.join(c.mediator for c in channels)}) redraw a mediator each replicate: "
+            "use data.redraw=all with channels"
+        )
 
 
 def _ar1_of(z: np.ndarray, rho: float, sd: float) -> np.ndarray:

@@ -202,3 +202,109 @@ def test_batched_truth_is_the_estimand():
 def test_designs_find_their_batched_draw():
     assert batch_draw_of(_design().draw) is not None
     assert batch_draw_of(lambda rng: None) is None
+
+
+# --- the fixed design (data.redraw=outcome): one assignment, many outcome draws ---------------
+
+FIXED = ProvinceDGP(redraw="outcome", design_seed=7)
+
+
+@pytest.mark.parametrize("kw", [{}, {"assignment": Assignment(kind="random")},
+                                {"timing": Timing(kind="market_open"),
+                                 "effect": Effect(het_sd=0.1, het_pgdp=0.05)},
+                                {"dgp": ProvinceDGP(redraw="outcome", design_seed=7,
+                                                    sigma_size=1.0, air_outcomes=True)}])
+def test_fixed_design_holds_the_design_and_redraws_the_outcome(kw):
+    kw = {"dgp": FIXED, **kw}
+    seeds = range(4)
+    batch = draw_province_batch([np.random.default_rng(s) for s in seeds], **kw)
+    frames = [batch.frame(s) for s in seeds]
+    for s in seeds:  # the batch is the single draw, bit for bit
+        pd.testing.assert_frame_equal(frames[s], draw_province(np.random.default_rng(s), **kw),
+                                      check_exact=True)
+    design = ("cohort", "d", *CONTROLS, "pgdp", "people", "es", "gdp")
+    for c in design:  # stored once, the same in every replicate
+        assert batch.columns[c].ndim == 1, c
+    # the design is the full draw's from data.design_seed: covariates and assignment
+    full = draw_province(np.random.default_rng(7), **{**kw, "dgp": ProvinceDGP(
+        **{**kw["dgp"].__dict__, "redraw": "all"})})
+    for c in ("cohort", "d", *CONTROLS):
+        np.testing.assert_array_equal(frames[0][c].to_numpy(), full[c].to_numpy())
+    # the outcome is redrawn: its shocks differ between replicates, the emissions
+    # accounting still holds in each
+    assert not np.allclose(frames[0]["lnce"], frames[1]["lnce"])
+    for f in frames:
+        np.testing.assert_allclose(f["lnce"], f["y0_lnce"] + f["te_lnce"], rtol=1e-12)
+    # another design seed, another design
+    other = draw_province(np.random.default_rng(0), **{**kw, "dgp": ProvinceDGP(
+        **{**kw["dgp"].__dict__, "design_seed": 8})})
+    assert not np.allclose(other["lnpgdp"], frames[0]["lnpgdp"])
+
+
+def _fixed_design(kind, ests):
+    draw = functools.partial(_draw_province, FIXED, Assignment(kind=kind), Timing(), Effect())
+    return Design(draw, ests)
+
+
+@pytest.mark.parametrize("kind", ["actual", "random"])
+def test_fixed_design_batched_equals_per_replicate(kind):
+    """Regressors shared by every replicate (demeaned once, the compiled kernel) give each
+    replicate's own fit, every batched inference option."""
+    ests = {
+        ("lnce", "twfe"): TWFE("lnce"),
+        ("lnce", "twfe_controls"): TWFE("lnce", controls=CONTROLS),
+        ("lnce", "event_study"): EventStudy("lnce"),
+        ("lnce", "es_robust"): EventStudy("lnce", se="robust", dist="normal", pretest="sidak",
+                                          controls=("lnpgdp",), leads=3, lags=4, ref=-2),
+        ("lncei", "twfe_conv"): TWFE("lncei", se="conventional", ssc="full", alpha=0.1),
+        ("lnce", "twfe_lm"): TWFE("lnce", controls=("lnes",), ssc="linearmodels",
+                                  dist="normal"),
+    }
+    d = _fixed_design(kind, ests)
+    per = run_reps(d, 11, range(30), batch=False)
+    assert_same_table(per, run_reps(d, 11, range(30)))
+
+
+def test_fixed_design_numbers_do_not_depend_on_the_batch_or_the_engine(monkeypatch):
+    import estimators.batch as eb
+    import experiments.montecarlo as mc
+
+    d = _fixed_design("actual", {("lnce", "twfe"): TWFE("lnce"),
+                                 ("lnce", "twfe_controls"): TWFE("lnce", controls=CONTROLS),
+                                 ("lnce", "es"): EventStudy("lnce", se="robust")})
+    whole = run_reps(d, 9, range(20)).drop(columns="seconds")
+    monkeypatch.setattr(mc, "BATCH_SIZE", 3)
+    pd.testing.assert_frame_equal(whole, run_reps(d, 9, range(20)).drop(columns="seconds"),
+                                  check_exact=True)
+    # the compiled kernel against the numpy reference path, on the same batches
+    monkeypatch.setattr(eb, "BATCH_ENGINE", "numpy")
+    assert_same_table(whole, run_reps(d, 9, range(20)).drop(columns="seconds"), rtol=1e-12)
+    monkeypatch.setattr(eb, "BATCH_ENGINE", "gpu")
+    with pytest.raises(Exception, match="BATCH_ENGINE='gpu'"):
+        run_reps(d, 9, range(2))
+
+
+def test_fixed_design_refuses_bad_settings():
+    from estimators.panel import OptionError
+
+    with pytest.raises(OptionError, match=r"data.redraw='covariates' is not one of \['all', "
+                                          r"'outcome'\]"):
+        ProvinceDGP(redraw="covariates").validate()
+    with pytest.raises(OptionError, match="data.design_seed=-1 must be an integer >= 0"):
+        ProvinceDGP(redraw="outcome", design_seed=-1).validate()
+    with pytest.raises(OptionError, match="data.redraw='outcome' holds the covariates fixed, "
+                                          "but data.channels"):
+        draw_province(np.random.default_rng(0), FIXED, channels=seed002_channels())
+
+
+def test_fixed_design_from_the_command_line():
+    from experiments.build import build_draw
+    from experiments.run import compose
+    from estimators.panel import OptionError
+
+    draw = build_draw(compose(["data.redraw=outcome", "data.design_seed=3"]))
+    a, b = draw(np.random.default_rng(0)), draw(np.random.default_rng(1))
+    np.testing.assert_array_equal(a["lnpgdp"], b["lnpgdp"])
+    assert batch_draw_of(draw) is not None
+    with pytest.raises(OptionError, match="data.redraw='outcome' holds the covariates fixed"):
+        build_draw(compose(["experiment=mediation", "data.redraw=outcome"]))
