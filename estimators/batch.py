@@ -190,123 +190,19 @@ def _within(z: np.ndarray) -> np.ndarray:
     return z - unit_mean - time_mean + grand
 
 
-#: engines of the batched fit with regressors shared by every replicate (one assignment,
-#: fixed controls): "numba" (a compiled loop over replicates; the fast path) and "numpy"
-#: (the reference, array operations over the batch). They agree to rounding (1e-12,
-#: ``tests/test_batch.py``); each replicate's numbers are its own in both, whatever the
-#: batch. Replicates with their own regressors always take the numpy path.
+#: engines of the batched fits: "numba" (compiled loops over replicates,
+#: :mod:`estimators.batch_kernels`; the fast path) and "numpy" (the reference, array
+#: operations over the batch). They agree to rounding (1e-12, ``tests/test_batch.py``);
+#: each replicate's numbers are its own in both, whatever the batch.
 BATCH_ENGINES = ("numba", "numpy")
 BATCH_ENGINE = "numba" if importlib.util.find_spec("numba") is not None else "numpy"
 
-_MODES = {"conventional": 0, "robust": 1, "cluster": 2}
 
+def _kernels() -> Any:
+    """:mod:`estimators.batch_kernels` (numba's compiled kernels), imported on first use."""
+    from . import batch_kernels
 
-def _k_fe_ols_shared(y, xt, bread, mode, factor):  # pragma: no cover - compiled
-    """Per replicate ``b``: two-way within transform of ``y[b]`` ``(N, T)``, coefficients
-    ``bread @ xt'y``, residuals, and the covariance ``factor * bread meat bread`` (mode 0:
-    ``bread * rss``; 1: heteroskedasticity-robust; 2: clustered by unit), for regressors
-    ``xt`` ``(N, T, K)`` already within-transformed and shared by every replicate. Also
-    whether the within outcome varies (beyond 1e-10 of ``max |y|``). Two passes over a
-    replicate's observations: the within outcome and ``xt'y``; then residuals and scores."""
-    b_n, n, t = y.shape
-    k = xt.shape[2]
-    coef = np.zeros((b_n, k))
-    cov = np.zeros((b_n, k, k))
-    varies = np.zeros(b_n, dtype=np.bool_)
-    r = np.empty((n, t))
-    um = np.empty(n)
-    tm = np.empty(t)
-    xty = np.empty(k)
-    s = np.empty(k)
-    meat = np.empty((k, k))
-    half = np.empty((k, k))
-    for b in range(b_n):
-        scale = 0.0
-        tm[:] = 0.0
-        grand = 0.0
-        for i in range(n):
-            acc = 0.0
-            for j in range(t):
-                v = y[b, i, j]
-                acc += v
-                tm[j] += v
-                if abs(v) > scale:
-                    scale = abs(v)
-            um[i] = acc / t
-            grand += um[i]
-        grand /= n
-        for j in range(t):
-            tm[j] /= n
-        tol = 1e-10 * max(scale, 1e-300)
-        any_var = False
-        xty[:] = 0.0
-        for i in range(n):
-            for j in range(t):
-                v = y[b, i, j] - um[i] - tm[j] + grand
-                r[i, j] = v
-                if abs(v) > tol:
-                    any_var = True
-                for q in range(k):
-                    xty[q] += xt[i, j, q] * v
-        varies[b] = any_var
-        for q in range(k):
-            acc = 0.0
-            for l in range(k):
-                acc += bread[q, l] * xty[l]
-            coef[b, q] = acc
-        meat[:, :] = 0.0
-        rss = 0.0
-        for i in range(n):
-            s[:] = 0.0
-            for j in range(t):
-                e = r[i, j]
-                for q in range(k):
-                    e -= xt[i, j, q] * coef[b, q]
-                if mode == 0:
-                    rss += e * e
-                elif mode == 1:     # one score per observation
-                    for q in range(k):
-                        s[q] = xt[i, j, q] * e
-                    for q in range(k):
-                        for l in range(k):
-                            meat[q, l] += s[q] * s[l]
-                else:               # one score per unit: its periods summed
-                    for q in range(k):
-                        s[q] += xt[i, j, q] * e
-            if mode == 2:
-                for q in range(k):
-                    for l in range(k):
-                        meat[q, l] += s[q] * s[l]
-        if mode == 0:
-            for q in range(k):
-                for l in range(k):
-                    cov[b, q, l] = bread[q, l] * (rss * factor)
-            continue
-        for q in range(k):
-            for l in range(k):
-                acc = 0.0
-                for m in range(k):
-                    acc += bread[q, m] * meat[m, l]
-                half[q, l] = acc
-        for q in range(k):
-            for l in range(k):
-                acc = 0.0
-                for m in range(k):
-                    acc += half[q, m] * bread[m, l]
-                cov[b, q, l] = factor * acc
-    return coef, cov, varies
-
-
-_KERNEL: list[Callable[..., Any]] = []
-
-
-def _shared_kernel() -> Callable[..., Any]:
-    """:func:`_k_fe_ols_shared` compiled (or loaded from numba's cache) on first use."""
-    if not _KERNEL:
-        import numba
-
-        _KERNEL.append(numba.njit(cache=True, nogil=True)(_k_fe_ols_shared))
-    return _KERNEL[0]
+    return batch_kernels
 
 
 def _fe_ols(y: np.ndarray, x: np.ndarray, ok: np.ndarray, opts: Any, shared: bool
@@ -324,6 +220,21 @@ def _fe_ols(y: np.ndarray, x: np.ndarray, ok: np.ndarray, opts: Any, shared: boo
     b_n, n, t = y.shape
     m, k = x.shape[0], x.shape[1]
     o = n * t
+    if m != (1 if shared else b_n):
+        raise ValueError(f"shared={shared} with regressors for {m} of {b_n} replicates")
+    check_choice("BATCH_ENGINE", BATCH_ENGINE, BATCH_ENGINES)
+    se, ssc, dist = opts.se, opts.ssc, opts.dist
+    clustered = se == "cluster"
+    dof = Dof(n_obs=o, k=k, n_units=n, n_periods=t, n_clusters=n if clustered else 0,
+              unit_nested=clustered, time_nested=clustered and t == 1)
+    factor = ssc_factor(se, ssc, dof)
+    df = reference_df(se, dist, dof)
+    if BATCH_ENGINE == "numba" and not shared:
+        kern = _kernels()
+        coef, cov, kept = kern.fe_ols_own(
+            np.ascontiguousarray(y, dtype=np.float64), np.ascontiguousarray(x, dtype=np.float64),
+            kern.MODES[se], float(factor), ABSORB_TOL, COLLINEAR_TOL)
+        return {"coef": coef, "cov": cov, "df": df, "ok": ok & kept, "dof": dof}
     xt = _within(x).reshape(m, k, o)
     # contractions over observations run along the contiguous last axis, one replicate's
     # sums each
@@ -349,21 +260,13 @@ def _fe_ols(y: np.ndarray, x: np.ndarray, ok: np.ndarray, opts: Any, shared: boo
     ok = ok & good                                                      # (B,) with m = 1 too
     safe = np.where(good[:, None, None], gram, np.eye(k))
     bread = np.linalg.inv(safe)                                         # (m, K, K)
-    se, ssc, dist = opts.se, opts.ssc, opts.dist
-    clustered = se == "cluster"
-    dof = Dof(n_obs=o, k=k, n_units=n, n_periods=t, n_clusters=n if clustered else 0,
-              unit_nested=clustered, time_nested=clustered and t == 1)
-    factor = ssc_factor(se, ssc, dof)
-    df = reference_df(se, dist, dof)
-    if m != (1 if shared else b_n):
-        raise ValueError(f"shared={shared} with regressors for {m} of {b_n} replicates")
     if shared and BATCH_ENGINE == "numba":
-        check_choice("BATCH_ENGINE", BATCH_ENGINE, BATCH_ENGINES)
-        coef, cov, varies = _shared_kernel()(
-            np.ascontiguousarray(y, dtype=np.float64), np.ascontiguousarray(np.moveaxis(xt[0].reshape(k, n, t), 0, -1)),
-            np.ascontiguousarray(bread[0]), _MODES[se], float(factor))
+        kern = _kernels()
+        coef, cov, varies = kern.fe_ols_shared(
+            np.ascontiguousarray(y, dtype=np.float64),
+            np.ascontiguousarray(np.moveaxis(xt[0].reshape(k, n, t), 0, -1)),
+            np.ascontiguousarray(bread[0]), kern.MODES[se], float(factor))
         return {"coef": coef, "cov": cov, "df": df, "ok": ok & varies, "dof": dof}
-    check_choice("BATCH_ENGINE", BATCH_ENGINE, BATCH_ENGINES)
     yt = _within(y).reshape(b_n, o)
     scale = np.max(np.abs(y.reshape(b_n, o)), axis=1)
     ok = ok & np.any(np.abs(yt) > 1e-10 * np.maximum(scale, 1e-300)[:, None], axis=1)

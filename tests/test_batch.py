@@ -265,13 +265,18 @@ def test_fixed_design_batched_equals_per_replicate(kind):
     assert_same_table(per, run_reps(d, 11, range(30)))
 
 
-def test_fixed_design_numbers_do_not_depend_on_the_batch_or_the_engine(monkeypatch):
+@pytest.mark.parametrize("fixed,kind", [(True, "actual"), (False, "random"), (False, "actual")])
+def test_numbers_do_not_depend_on_the_batch_or_the_engine(monkeypatch, fixed, kind):
+    """Shared regressors (fixed design, or one assignment without controls) and each
+    replicate's own: the compiled kernels give the numpy reference path's numbers."""
     import estimators.batch as eb
     import experiments.montecarlo as mc
 
-    d = _fixed_design("actual", {("lnce", "twfe"): TWFE("lnce"),
-                                 ("lnce", "twfe_controls"): TWFE("lnce", controls=CONTROLS),
-                                 ("lnce", "es"): EventStudy("lnce", se="robust")})
+    ests = {("lnce", "twfe"): TWFE("lnce"),
+            ("lnce", "twfe_controls"): TWFE("lnce", controls=CONTROLS),
+            ("lnce", "es"): EventStudy("lnce", se="robust"),
+            ("lncei", "es_conv"): EventStudy("lncei", se="conventional", controls=("lnes",))}
+    d = _fixed_design(kind, ests) if fixed else _design(kind, ests)
     whole = run_reps(d, 9, range(20)).drop(columns="seconds")
     monkeypatch.setattr(mc, "BATCH_SIZE", 3)
     pd.testing.assert_frame_equal(whole, run_reps(d, 9, range(20)).drop(columns="seconds"),
@@ -308,3 +313,24 @@ def test_fixed_design_from_the_command_line():
     assert batch_draw_of(draw) is not None
     with pytest.raises(OptionError, match="data.redraw='outcome' holds the covariates fixed"):
         build_draw(compose(["experiment=mediation", "data.redraw=outcome"]))
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_a_collinear_replicate_is_handed_back(monkeypatch, engine):
+    """A control that is another control times two in one replicate: the per-replicate fit
+    drops it, so both engines leave that replicate to it and fit the others."""
+    import estimators.batch as eb
+
+    monkeypatch.setattr(eb, "BATCH_ENGINE", engine)
+    batch = draw_province_batch([np.random.default_rng(s) for s in range(3)])
+    cols = dict(batch.columns)
+    extra = np.random.default_rng(9).standard_normal(cols["lnes"].shape)
+    extra[1] = 2.0 * cols["lnes"][1]
+    cols["extra"] = extra
+    batch = PanelBatch(cols, batch.n_units, batch.n_periods)
+    est = TWFE("lnce", controls=("lnes", "extra"))
+    res = batch_fitter(est)(batch)
+    assert res.handled.tolist() == [True, False, True]
+    for b in (0, 2):
+        assert res.headline["estimate"][b] == pytest.approx(est.fit(batch.frame(b)).estimate,
+                                                            rel=1e-10)
