@@ -26,10 +26,21 @@ collinear (the per-replicate fit drops it), an outcome the fixed effects explain
 always-treated unit, a cohort off the period grid, non-finite data -- is marked not
 handled, and the caller fits it with the estimator itself.
 
+Two engines (:data:`BATCH_ENGINE`): ``"numba"``, the default, runs compiled loops over
+replicates (:mod:`estimators.batch_kernels`): with regressors shared by every replicate (one
+assignment and no controls, or a fixed design, ``data.redraw=outcome``) they are demeaned
+once and each replicate costs two passes over its observations; with each replicate's own
+regressors the kernel demeans them, forms the Gram matrix and makes the per-replicate
+fit's absorbed / collinear tests itself. ``"numpy"`` is the reference: array operations
+over the whole batch. They agree to rounding (1e-12).
+
 Reproducibility: the batched numbers of a replicate do not depend on how many replicates
-share its batch. The arithmetic is element-wise, reductions run along one replicate's own
-axes, the small products are ``einsum`` contractions (no BLAS call whose blocking could
-depend on the batch) and the ``K x K`` inverses are LAPACK calls made matrix by matrix.
+share its batch. The kernels visit one replicate's observations in a fixed order; on the
+numpy path the arithmetic is element-wise, reductions run along one replicate's own axes,
+the small products are ``einsum`` contractions (no BLAS call whose blocking could depend on
+the batch) and the ``K x K`` inverses are LAPACK calls made matrix by matrix. Which path a
+replicate takes (shared or own regressors) is decided by the design -- whether the
+simulator stores the treatment and controls once -- never by the batch's contents.
 """
 
 from __future__ import annotations
