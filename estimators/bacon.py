@@ -100,23 +100,31 @@ class BaconDecomposition:
         self.check()
         comps = self.decompose(panel)
         twfe = TWFE(self.outcome).fit(panel)
-        total = float((comps["estimate"] * comps["weight"]).sum())
-        by_type = comps.groupby("type", sort=False).apply(
-            lambda g: pd.Series({"weight": g["weight"].sum(),
-                                 "estimate": (g["estimate"] * g["weight"]).sum() / g["weight"].sum()}),
-            include_groups=False).reset_index()
-        terms = pd.concat([
-            pd.DataFrame({"term": [f"{t}" for t in by_type["type"]],
-                          "estimate": by_type["estimate"], "weight": by_type["weight"],
-                          "level": "type"}),
-            pd.DataFrame({"term": [f"{t}: {a} vs {b}" for t, a, b in
-                                   zip(comps["type"], comps["treated"], comps["control"])],
-                          "estimate": comps["estimate"], "weight": comps["weight"],
-                          "level": "pair", "treated": comps["treated"],
-                          "control": comps["control"], "type": comps["type"]}),
-        ], ignore_index=True)
-        for c in ("std_error", "statistic", "p_value", "conf_low", "conf_high"):
-            terms[c] = np.nan
+        est_c = comps["estimate"].to_numpy(dtype=float)
+        w_c = comps["weight"].to_numpy(dtype=float)
+        types = comps["type"].to_numpy(dtype=object)
+        total = float((est_c * w_c).sum())
+        # by comparison type, in order of first appearance: total weight and the
+        # weight-averaged 2x2 estimate (array sums: a groupby cost more than the
+        # decomposition on small panels)
+        kinds = list(dict.fromkeys(types.tolist()))
+        masks = [types == t for t in kinds]
+        type_w = np.array([w_c[m].sum() for m in masks])
+        type_est = np.array([(est_c[m] * w_c[m]).sum() for m in masks]) / type_w
+        n_t, n_p = len(kinds), len(comps)
+        none = np.full(n_t, None, dtype=object)
+        terms = pd.DataFrame({
+            "term": [f"{t}" for t in kinds] + [f"{t}: {a} vs {b}" for t, a, b in
+                                                 zip(types, comps["treated"], comps["control"])],
+            "estimate": np.concatenate([type_est, est_c]),
+            "weight": np.concatenate([type_w, w_c]),
+            "level": ["type"] * n_t + ["pair"] * n_p,
+            "treated": np.concatenate([none, comps["treated"].to_numpy(dtype=object)]),
+            "control": np.concatenate([none, comps["control"].to_numpy(dtype=object)]),
+            "type": np.concatenate([none, types]),
+            **{c: np.full(n_t + n_p, np.nan)
+               for c in ("std_error", "statistic", "p_value", "conf_low", "conf_high")},
+        })
         negative = float(comps.loc[comps["type"] == TYPES[2], "weight"].sum())
         return Estimate(
             estimator=self.label, term="ATT", estimate=total, std_error=twfe.std_error,

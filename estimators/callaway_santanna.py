@@ -540,8 +540,11 @@ def _group_time_fast(w: Wide, control_group: str, base_period: str, anticipation
     k = t_count + 1
     if plain:
         means = sy / sw[:, None]
+        cells_g, cells_t, atts, reference, cz_plain = _plain_cells(
+            periods, cohort_values, groups, control_group, base_period, anticipation, sy, sw,
+            count, means, n)
     dense: list[np.ndarray] = []
-    for gi in np.flatnonzero(np.isin(cohort_values, groups)):
+    for gi in ([] if plain else np.flatnonzero(np.isin(cohort_values, groups))):
         g = cohort_values[gi]
         pre = np.flatnonzero(periods + anticipation < g)
         g_base = pre[-1]
@@ -603,7 +606,7 @@ def _group_time_fast(w: Wide, control_group: str, base_period: str, anticipation
                      unit_weights=None if unit_weights is None else uw)
     if plain:
         f, gram, colsum = _factors(y, code, uw, means, n_coh)
-        cz = np.stack(cell_cz, axis=-1)                      # (H, k, m)
+        cz = cz_plain                                        # (H, k, m)
         return _FastCells(meta, cohort_values, f, code, gram, colsum, cz,
                           np.arange(n_coh), np.full(n_coh, t_count))
     # covariates: one block, F = (cell influence functions, w_i 1[cohort = h])
@@ -619,6 +622,69 @@ def _group_time_fast(w: Wide, control_group: str, base_period: str, anticipation
     cz[0, np.arange(m), np.arange(m)] = 1.0
     return _FastCells(meta, cohort_values, f, one, gram, colsum, cz,
                       np.zeros(n_coh, dtype=np.intp), m + np.arange(n_coh))
+
+
+def _plain_cells(periods: np.ndarray, cohort_values: np.ndarray, groups: np.ndarray,
+                 control_group: str, base_period: str, anticipation: int, sy: np.ndarray,
+                 sw: np.ndarray, count: np.ndarray, means: np.ndarray, n: int
+                 ) -> tuple[list[Any], list[Any], list[float], list[bool], np.ndarray]:
+    """The cells of :func:`_group_time_fast` without covariates, all at once: each cell's
+    2x2 is a difference of cohort means of outcome changes (cohort sums ``sy``, weights
+    ``sw``, counts ``count``, means ``means``), its influence function in factor form
+    ``cz`` ``(H, k, m)``: ``n w_i D_i (dy_i - mu1) / S_D - n w_i C_i (dy_i - mu0) / S_C``.
+
+    The cells, their order and which are skipped (no comparison unit) or references (the
+    universal base period: ATT 0, no variance) are those of the reference's loop; the
+    arithmetic is vectorised over cells (small panels have many cells and few units)."""
+    per = periods.tolist()
+    cv = cohort_values.tolist()
+    n_coh = len(cv)
+    t_count = len(per)
+    desc: list[tuple[int, int, int, bool]] = []        # (cohort index, period, base, ref)
+    for gi in np.flatnonzero(np.isin(cohort_values, groups)).tolist():
+        g = cv[gi]
+        g_base = max(i for i, p in enumerate(per) if p + anticipation < g)
+        for ti in range(0 if base_period == "universal" else 1, t_count):
+            if base_period == "varying":
+                desc.append((gi, ti, g_base if per[ti] >= g - anticipation else ti - 1, False))
+            else:
+                desc.append((gi, ti, g_base, ti == g_base))
+    if not desc:  # no cell at all: the caller refuses
+        return [], [], [], [], np.zeros((n_coh, t_count + 1, 0))
+    gi_a, ti_a, base_a, ref_a = (np.array(v) for v in zip(*desc))
+    ref_a = ref_a.astype(bool)
+    never = cohort_values == 0
+    if control_group == "nevertreated":
+        ctrl = np.broadcast_to(never, (len(desc), n_coh))
+    else:
+        later = np.maximum(periods[ti_a], periods[base_a]) + anticipation
+        ctrl = never[None, :] | ((cohort_values[None, :] > later[:, None])
+                                 & (cohort_values[None, :] != cohort_values[gi_a][:, None]))
+    keep = ref_a | (np.where(ctrl, count[None, :], 0).sum(axis=1) > 0)
+    gi_a, ti_a, base_a, ref_a, ctrl = (v[keep] for v in (gi_a, ti_a, base_a, ref_a, ctrl))
+    m = gi_a.size
+    est = ~ref_a
+    s_d = sw[gi_a]
+    s_c = np.where(ctrl, sw[None, :], 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mu1 = (sy[gi_a, ti_a] - sy[gi_a, base_a]) / s_d
+        mu0 = np.where(ctrl, (sy[:, ti_a] - sy[:, base_a]).T, 0.0).sum(axis=1) / s_c
+    att = np.where(est, mu1 - mu0, 0.0)
+    cz = np.zeros((m, n_coh, t_count + 1))
+    e = np.flatnonzero(est)
+    g_e, ti_e, b_e = gi_a[e], ti_a[e], base_a[e]
+    scale = n / s_d[e]
+    cz[e, g_e, ti_e] = scale
+    cz[e, g_e, b_e] = -scale
+    cz[e, g_e, t_count] = scale * (means[g_e, ti_e] - means[g_e, b_e] - mu1[e])
+    ci, hi = np.nonzero(ctrl[e])
+    c = e[ci]
+    scale = -n / s_c[c]
+    cz[c, hi, ti_a[c]] = scale
+    cz[c, hi, base_a[c]] = -scale
+    cz[c, hi, t_count] = scale * (means[hi, ti_a[c]] - means[hi, base_a[c]] - mu0[c])
+    return (list(cohort_values[gi_a]), list(periods[ti_a]), att.tolist(), ref_a.tolist(),
+            np.ascontiguousarray(np.moveaxis(cz, 0, -1)))
 
 
 def _wif_coef(groups_k: np.ndarray, pk: np.ndarray, att_k: np.ndarray,
@@ -1028,13 +1094,17 @@ class CallawaySantAnna:
             bres = _bootstrap_sums(cells, coef, self.n_boot, rng)
             se, zdraws = _bootstrap_summary(bres, n)
         else:
-            se = np.sqrt(np.maximum(np.einsum("hkl,hkj,hjl->l", coef, cells.gram, coef,
-                                              optimize=True), 0.0)) / n
+            # two contractions in a fixed order (no einsum_path search: it cost more than
+            # the arithmetic on small panels)
+            gc = np.einsum("hkj,hjl->hkl", cells.gram, coef, optimize=False)
+            se = np.sqrt(np.maximum(np.einsum("hkl,hkl->l", coef, gc, optimize=False),
+                                    0.0)) / n
             zdraws = None
 
         def cov(idx: np.ndarray) -> np.ndarray:
             c = coef[:, :, idx]
-            return np.einsum("hkl,hkj,hjm->lm", c, cells.gram, c, optimize=True) / n**2
+            gc = np.einsum("hkj,hjm->hkm", cells.gram, c, optimize=False)
+            return np.einsum("hkl,hkm->lm", c, gc, optimize=False) / n**2
 
         return self._estimate(panel, gt, np.asarray(kinds, dtype=object), levels, est, se,
                               zdraws, cov)
@@ -1151,7 +1221,8 @@ def staggered_truth(panel: pd.DataFrame, outcome: str, anticipation: int = 0) ->
     out["ATT_dynamic"] = float(np.mean([v for k, v in ev.items() if k >= 0]))
     groups = np.unique(coh[d & (coh > 0)])  # a cohort with no treated cell drops out, as in aggte
     by_g = {g: te[d & (coh == g)].mean() for g in groups}
-    sizes = {g: np.unique(panel.loc[coh == g, "unit"]).size for g in groups}
+    unit = panel["unit"].to_numpy()
+    sizes = {g: np.unique(unit[coh == g]).size for g in groups}
     out["ATT_group"] = float(sum(by_g[g] * sizes[g] for g in groups) / sum(sizes.values()))
     cal = [te[d & (t == s)].mean() for s in np.unique(t[d])]
     out["ATT_calendar"] = float(np.mean(cal))

@@ -3,7 +3,8 @@
 For each estimator kind of the catalogue (its own ``conf/estimator/<kind>.yaml``), in the
 province design (30 x 2000-2018, 6 pilots from 2011) and the city design (282 x
 2009-2022, cohorts by market opening): replicates per second of didlab's Monte Carlo
-engine (draw + fit + result rows, :func:`experiments.montecarlo.run_reps`, one worker),
+engine (draw + fit + truth + result rows, :func:`experiments.montecarlo.run_reps` on a chunk
+of replicates as ``run_designs`` calls it, one worker),
 beside the nearest peer's loop over the same draws (draw + the peer's fit of the same
 estimator: diff-diff, pyfixest), and the peak memory of each (max RSS of a fresh process;
 ``*_peak_mb``). Estimators without a Python peer are listed with ``(none)``.
@@ -91,23 +92,27 @@ y = {outcome!r}
 tool = {tool!r}
 if tool == "didlab":
     design = Design(draw, build_estimators(cfg, [y]))
-    def one(rep):
-        out = run_reps(design, 0, [rep])
+    def many(reps):
+        # the engine's unit of work: a chunk of replicates in one call (as run_designs)
+        out = run_reps(design, 0, reps)
         head = out[out.role == "headline"]
         if (head.error != "").any():
             raise RuntimeError(head.error.iloc[0])
-        return float(head.estimate.iloc[0])
+        return head.estimate.tolist()
 else:
     {peer_import}
-    def one(rep):
-        panel = draw(np.random.default_rng(replicate_seed(0, rep)))
-        return {peer_expr}
-one(0)                      # imports, numba compilation, caches
-t0 = time.perf_counter(); one(1); first = time.perf_counter() - t0
+    def many(reps):
+        out = []
+        for rep in reps:
+            panel = draw(np.random.default_rng(replicate_seed(0, rep)))
+            out.append({peer_expr})
+        return out
+many([0])                   # imports, numba compilation, caches
+t0 = time.perf_counter(); many([1]); first = time.perf_counter() - t0
 n = int(min(2000, max(3, {budget} / max(first, 1e-6))))
 base_mb = _rss_mb()
 t0 = time.perf_counter()
-values = [one(r) for r in range(2, 2 + n)]
+values = many(list(range(2, 2 + n)))
 seconds = (time.perf_counter() - t0) / n
 estimate = float(values[0])   # replicate 2 in both tools: the same draw
 """
