@@ -75,7 +75,11 @@ CONF_OF = {"randomization": "ri_twfe"}
 #: benchmark loop must not stop on a failed draw: these kinds draw random pilots there.
 EXTRA = {("psm_did", "province 30x19"): ["assignment=random"],
          ("psm_did_weighted", "province 30x19"): ["assignment=random"],
-         ("dr_did", "province 30x19"): ["assignment=random"]}
+         ("dr_did", "province 30x19"): ["assignment=random"],
+         # the city panel's mediators (seed 001's channels) and the catalogue's city setting
+         ("mediation", "city 282x14"): ["data=city_seed001", "estimator=[mediation_city]"],
+         # changes-in-changes compares one treated and one control group at one date
+         ("changes_in_changes", "city 282x14"): ["timing=notice_2011"]}
 
 #: (kind, design) pairs that are not run, and why
 SKIP = {("heterogeneity", "province 30x19"): "needs a subgroup column: the city panel's "
