@@ -21,14 +21,22 @@ MODES = {"conventional": 0, "robust": 1, "cluster": 2}
 
 
 @numba.njit(cache=True, nogil=True)
-def _fit_one(y, xt, bread, mode, factor, coef, cov, r, um, tm, xty, s, meat, half):
+def _scratch(n, t, k):
+    """Work arrays of :func:`_fit_one` for ``N x T`` replicates with ``K`` regressors."""
+    return (np.empty((n, t)), np.empty(n), np.empty(t), np.empty(k), np.empty(k),
+            np.empty((k, k)), np.empty((k, k)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _fit_one(y, xt, bread, mode, factor, coef, cov, scratch):
     """One replicate: two-way within transform of ``y`` ``(N, T)``, ``coef = bread @ xt'y``,
     residuals and ``cov = factor * bread meat bread`` (mode 0: ``bread * rss * factor``)
     for within-transformed regressors ``xt`` ``(N, T, K)``. Writes ``coef`` ``(K,)`` and
-    ``cov`` ``(K, K)``; the other arguments are scratch. Returns whether the within outcome
-    varies (beyond 1e-10 of ``max |y|``, :func:`estimators.regression.fit_fe`'s test).
-    Two passes over the observations: the within outcome and ``xt'y``; residuals and
-    scores."""
+    ``cov`` ``(K, K)``; ``scratch`` is :func:`_scratch`'s. Returns whether the within
+    outcome varies (beyond 1e-10 of ``max |y|``, :func:`estimators.regression.fit_fe`'s
+    test). Two passes over the observations: the within outcome and ``xt'y``; residuals
+    and scores."""
+    r, um, tm, xty, s, meat, half = scratch
     n, t = y.shape
     k = xt.shape[2]
     scale = 0.0
@@ -116,16 +124,9 @@ def fe_ols_shared(y, xt, bread, mode, factor):
     coef = np.zeros((b_n, k))
     cov = np.zeros((b_n, k, k))
     varies = np.zeros(b_n, dtype=np.bool_)
-    r = np.empty((n, t))
-    um = np.empty(n)
-    tm = np.empty(t)
-    xty = np.empty(k)
-    s = np.empty(k)
-    meat = np.empty((k, k))
-    half = np.empty((k, k))
+    scratch = _scratch(n, t, k)
     for b in range(b_n):
-        varies[b] = _fit_one(y[b], xt, bread, mode, factor, coef[b], cov[b], r, um, tm, xty, s,
-                             meat, half)
+        varies[b] = _fit_one(y[b], xt, bread, mode, factor, coef[b], cov[b], scratch)
     return coef, cov, varies
 
 
@@ -148,13 +149,9 @@ def fe_ols_own(y, x, mode, factor, absorb_tol, collinear_tol):
     chol = np.empty((k, k))
     inv_l = np.empty((k, k))
     bread = np.empty((k, k))
-    r = np.empty((n, t))
-    um = np.empty(n)
-    tm = np.empty(t)
-    xty = np.empty(k)
-    s = np.empty(k)
-    meat = np.empty((k, k))
-    half = np.empty((k, k))
+    scratch = _scratch(n, t, k)
+    tm = scratch[2]
+    um = scratch[1]
     for b in range(b_n):
         good = True
         for q in range(k):
@@ -230,6 +227,5 @@ def fe_ols_own(y, x, mode, factor, absorb_tol, collinear_tol):
                 for p in range(max(q, m), k):
                     acc += inv_l[p, q] * inv_l[p, m]
                 bread[q, m] = acc
-        ok[b] = _fit_one(y[b], xt, bread, mode, factor, coef[b], cov[b], r, um, tm, xty, s,
-                         meat, half)
+        ok[b] = _fit_one(y[b], xt, bread, mode, factor, coef[b], cov[b], scratch)
     return coef, cov, ok
