@@ -277,9 +277,14 @@ class RandomizationInference:
     -----
     Under the sharp null of no effect for any unit and an assignment that is exchangeable
     across units (within strata), the p-value is exact whatever the number of pilots --
-    unlike cluster-robust t tests with six treated clusters. The interval reported is the
-    base estimator's (a test-inversion interval is not computed); ``p_value`` is the
-    randomization p-value.
+    unlike cluster-robust t tests with six treated clusters. ``p_value`` is the
+    randomization p-value. The interval is Fisher's: the constant additive effects ``tau``
+    whose sharp null (every unit's effect is ``tau``) the same test does not reject at
+    ``alpha``, found on the fast TWFE path, where each ``tau`` costs one pass over the
+    stored per-assignment parts (:class:`PermutationParts`); it is exact under the sharp
+    null's assumptions, as the p-value (Imbens and Rubin 2015, ch. 5). Around other base
+    estimators no interval is reported (NaN); the base estimator's own is in
+    ``diagnostics`` (``base_conf_low``, ``base_conf_high``).
     """
 
     base: Any
@@ -348,11 +353,34 @@ class RandomizationInference:
         actual_est = self.base.fit(panel)
         actual = _statistic(actual_est, self.statistic)
         draws, exact = self.assignments(panel, rng)
+        parts = None
         if self.fast and _fast_ok(self.base):
-            placebo = twfe_permutation_stats(self.base, panel, draws, self.statistic, self.batch)
+            parts = twfe_permutation_parts(self.base, panel, draws, self.batch)
+            placebo = parts.stats(self.statistic)
         else:
             placebo = self.slow_stats(panel, draws)
         p, mcse = randomization_p_value(actual, placebo, exact)
+        alpha = actual_est.alpha
+        if parts is not None and np.isfinite(actual_est.std_error) and actual_est.std_error > 0:
+            # Fisher's interval: the constant effects tau the test does not reject. On
+            # y - tau d the actual assignment's coefficient is b - tau and its SE is
+            # unchanged (d is a regressor); each permuted assignment's statistic follows
+            # from the same parts
+            b0, se0 = actual_est.estimate, actual_est.std_error
+
+            def p_of(tau: float) -> float:
+                stat = (b0 - tau) / (se0 if self.statistic == "t" else 1.0)
+                return randomization_p_value(stat, parts.stats(self.statistic, tau), exact)[0]
+
+            conf_low, conf_high, one_piece = fisher_interval(p_of, b0, se0, alpha)
+            interval = ("interval: Fisher's, inverting the randomization test over constant "
+                        "effects (the effects not rejected at alpha)"
+                        + ("" if one_piece else "; the accepted set has gaps, its hull is shown"))
+        else:
+            conf_low = conf_high = float("nan")
+            interval = ("no interval: inverting the randomization test needs the TWFE fast "
+                        "path (an unweighted TWFE base); the base estimator's interval is in "
+                        "diagnostics")
         finite = placebo[np.isfinite(placebo)]
         beyond = float(np.mean(np.abs(finite) >= abs(actual) * (1 - TIE_RTOL))) if finite.size else np.nan
         qs = np.quantile(finite, [0.025, 0.975]) if finite.size else [np.nan, np.nan]
@@ -362,8 +390,8 @@ class RandomizationInference:
                           ignore_index=True)
         est = Estimate(
             estimator=self.label, term=actual_est.term, estimate=actual_est.estimate,
-            std_error=actual_est.std_error, p_value=p, conf_low=actual_est.conf_low,
-            conf_high=actual_est.conf_high, alpha=actual_est.alpha, n_obs=actual_est.n_obs,
+            std_error=actual_est.std_error, p_value=p, conf_low=conf_low,
+            conf_high=conf_high, alpha=alpha, n_obs=actual_est.n_obs,
             n_units=actual_est.n_units, n_clusters=actual_est.n_clusters,
             inference=(f"randomization ({'exact, ' if exact else ''}{len(placebo)} assignments, "
                        f"{'studentized' if self.statistic == 't' else 'coefficient'} statistic"
@@ -372,8 +400,10 @@ class RandomizationInference:
             diagnostics={"ri_p_value": p, "ri_p_mcse": mcse, "actual_statistic": actual,
                          "share_beyond": beyond, "n_assignments": float(len(placebo)),
                          "n_failed": float(np.sum(~np.isfinite(placebo))),
-                         "exact": float(exact), "base_p_value": actual_est.p_value},
-            notes=("interval shown is the base estimator's; p_value is the randomization p-value",),
+                         "exact": float(exact), "base_p_value": actual_est.p_value,
+                         "base_conf_low": actual_est.conf_low,
+                         "base_conf_high": actual_est.conf_high},
+            notes=(f"p_value is the randomization p-value; {interval}",),
         )
         return PlaceboDistribution(est, actual, placebo, draws)
 
@@ -402,23 +432,59 @@ def _fast_ok(base: Any) -> bool:
             and base.time_by is None)
 
 
-def twfe_permutation_stats(base: TWFE, panel: pd.DataFrame, draws: np.ndarray,
-                           statistic: str = "t", batch: int = 2000) -> np.ndarray:
-    """TWFE statistics for many permuted assignments at once.
+@dataclass(frozen=True)
+class PermutationParts:
+    """What TWFE's statistic under each permuted assignment is made of, as a function of
+    a hypothesised constant effect ``tau`` (the outcome ``y - tau d``, ``d`` the actual
+    treatment). By Frisch-Waugh-Lovell, with ``d''`` the assignment's treatment residualised
+    on the fixed effects and controls and ``D''`` the actual one's:
 
-    The outcome and controls are residualised on the fixed effects (and the outcome on the
-    controls) once; for each assignment only the treatment column changes. By
-    Frisch-Waugh-Lovell the coefficient is ``d''y'' / d''d''`` where ``d''`` is the
-    within-transformed treatment residualised on the within-transformed controls, the full
-    regression's residuals are ``y'' - b d''``, and the cluster-robust variance of ``b`` is
+    * coefficient ``b - tau c`` with ``c = d''D'' / d''d''``;
+    * residuals ``e - tau f`` with ``f = D'' - c d''``, so the variance's sum of squares
+      is the quadratic ``qa - 2 tau qb + tau^2 qc`` (of residuals, of scores, or of
+      cluster sums of scores by ``se``), scaled by ``factor / denom``.
+
+    Arrays have one value per assignment; a statistic is NaN where the treatment is
+    absorbed under that assignment.
+    """
+
+    b: np.ndarray
+    c: np.ndarray
+    qa: np.ndarray
+    qb: np.ndarray
+    qc: np.ndarray
+    denom: np.ndarray
+    factor: float
+    absorbed: np.ndarray
+
+    def stats(self, statistic: str, tau: float = 0.0) -> np.ndarray:
+        """Each assignment's statistic (``"t"`` or ``"coef"``) on ``y - tau d``."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            b = self.b - tau * self.c if tau else self.b
+            if statistic == "coef":
+                out = b.copy()
+            else:
+                q = self.qa - 2 * tau * self.qb + tau**2 * self.qc if tau else self.qa
+                out = b / np.sqrt(self.factor * q / self.denom)
+        out[self.absorbed] = np.nan
+        return out
+
+
+def twfe_permutation_parts(base: TWFE, panel: pd.DataFrame, draws: np.ndarray,
+                           batch: int = 2000) -> PermutationParts:
+    """:class:`PermutationParts` of TWFE for many permuted assignments at once.
+
+    The outcome, the controls and the actual treatment are residualised on the fixed
+    effects (and on the controls) once; for each assignment only the treatment column
+    changes. The coefficient is ``d''y'' / d''d''``, the full regression's residuals are
+    ``y'' - b d''``, and the cluster-robust variance of ``b`` is
     ``sum_g (d''_g'e_g)^2 / (d''d'')^2`` times the small-sample factor -- exactly what
     :class:`TWFE` computes on each permuted panel.
     """
-    check_choice("statistic", statistic, STATISTICS)
     cluster = base.cluster if base.se == "cluster" else None
     controls = tuple(base.controls)
     arrays = fe_arrays(panel, base.outcome, (D, *controls), cluster=cluster)
-    # residualised outcome and controls (fixed over permutations)
+    # residualised outcome, actual treatment and controls (fixed over permutations)
     yt, xt = arrays.within()
     xc = xt[:, 1:]
     res = fit_fe(arrays, base.se, base.ssc, base.dist)  # dof and identification as in TWFE
@@ -427,14 +493,18 @@ def twfe_permutation_stats(base: TWFE, panel: pd.DataFrame, draws: np.ndarray,
     if xc.shape[1]:
         proj = np.linalg.solve(xc.T @ xc, xc.T)
         y2 = yt - xc @ (proj @ yt)
+        da = xt[:, 0] - xc @ (proj @ xt[:, 0])
     else:
         proj = None
         y2 = yt
+        da = xt[:, 0]
     factor = ssc_factor(base.se, base.ssc, res.dof)
     # arrays.unit codes index the sorted units, as the draws' columns do
     time_vals = np.unique(panel[TIME].to_numpy())[arrays.time]
-    out = np.empty(draws.shape[0])
-    for lo in range(0, draws.shape[0], batch):
+    n = draws.shape[0]
+    parts = {k: np.empty(n) for k in ("b", "c", "qa", "qb", "qc", "denom")}
+    absorbed = np.zeros(n, dtype=bool)
+    for lo in range(0, n, batch):
         chunk = draws[lo:lo + batch]                       # (B, n_units)
         coh = chunk[:, arrays.unit].T                      # (N, B)
         dmat = ((coh > 0) & (time_vals[:, None] >= coh)).astype(float)
@@ -444,27 +514,78 @@ def twfe_permutation_stats(base: TWFE, panel: pd.DataFrame, draws: np.ndarray,
             dt = within_general(dmat, arrays.unit, arrays.time, arrays.n_units, arrays.n_periods)
         d2 = dt - xc @ (proj @ dt) if proj is not None else dt
         dd = np.einsum("ij,ij->j", d2, d2)
+        sl = slice(lo, lo + chunk.shape[0])
         with np.errstate(divide="ignore", invalid="ignore"):
             b = (d2.T @ y2) / dd
-            if statistic == "coef":
-                out[lo:lo + batch] = b
-                continue
+            c = (d2.T @ da) / dd
             e = y2[:, None] - d2 * b[None, :]
-            if base.se == "conventional":
-                var = factor * np.einsum("ij,ij->j", e, e) / dd
-            elif base.se == "robust":
-                var = factor * np.einsum("ij,ij->j", d2 * e, d2 * e) / dd**2
+            f = da[:, None] - d2 * c[None, :]
+        if base.se == "conventional":
+            u, v, denom = e, f, dd
+        elif base.se == "robust":
+            u, v, denom = d2 * e, d2 * f, dd**2
+        else:
+            u, v, denom = d2 * e, d2 * f, dd**2
+            if arrays.clusters is arrays.unit and arrays.balanced:
+                u = u.reshape(arrays.n_units, arrays.n_periods, -1).sum(axis=1)
+                v = v.reshape(arrays.n_units, arrays.n_periods, -1).sum(axis=1)
             else:
-                s = d2 * e
-                if arrays.clusters is arrays.unit and arrays.balanced:
-                    sg = s.reshape(arrays.n_units, arrays.n_periods, -1).sum(axis=1)
-                else:
-                    sg = cluster_scores(s, arrays.clusters, arrays.n_clusters)
-                var = factor * np.einsum("ij,ij->j", sg, sg) / dd**2
-            t = b / np.sqrt(var)
-        t[~(dd > 1e-12 * arrays.y.size)] = np.nan  # treatment absorbed under this assignment
-        out[lo:lo + batch] = t
-    return out
+                u = cluster_scores(u, arrays.clusters, arrays.n_clusters)
+                v = cluster_scores(v, arrays.clusters, arrays.n_clusters)
+        parts["b"][sl], parts["c"][sl], parts["denom"][sl] = b, c, denom
+        parts["qa"][sl] = np.einsum("ij,ij->j", u, u)
+        parts["qb"][sl] = np.einsum("ij,ij->j", u, v)
+        parts["qc"][sl] = np.einsum("ij,ij->j", v, v)
+        absorbed[sl] = ~(dd > 1e-12 * arrays.y.size)  # treatment absorbed under this assignment
+    return PermutationParts(**parts, factor=float(factor), absorbed=absorbed)
+
+
+def twfe_permutation_stats(base: TWFE, panel: pd.DataFrame, draws: np.ndarray,
+                           statistic: str = "t", batch: int = 2000) -> np.ndarray:
+    """TWFE statistics for many permuted assignments at once
+    (:func:`twfe_permutation_parts` at ``tau = 0``)."""
+    check_choice("statistic", statistic, STATISTICS)
+    return twfe_permutation_parts(base, panel, draws, batch).stats(statistic)
+
+
+def fisher_interval(p_of: Any, estimate: float, scale: float, alpha: float,
+                    grid: int = 201, max_widen: int = 6) -> tuple[float, float, bool]:
+    """The ``1 - alpha`` confidence set ``{tau: p(tau) > alpha}`` of a randomization test
+    inverted over constant effects ``tau``, as an interval: its lowest and highest
+    accepted points (``-inf`` / ``inf`` where acceptance reaches as far as the search
+    goes), each located to ``1e-6 scale`` by bisection, and whether the accepted set was
+    one piece on the search grid.
+
+    The search starts on ``estimate +- 8 scale`` (``grid`` points) and doubles its
+    half-width, up to ``max_widen`` times, while the edge points are accepted. Returns NaN
+    endpoints when even ``estimate`` is rejected at every grid point.
+    """
+    half = 8.0 * scale
+    for _ in range(max_widen + 1):
+        taus = np.linspace(estimate - half, estimate + half, grid)
+        ok = np.array([p_of(t) > alpha for t in taus])
+        if not ok.any():
+            return float("nan"), float("nan"), True
+        if not (ok[0] or ok[-1]):
+            break
+        half *= 2.0
+    idx = np.flatnonzero(ok)
+    one_piece = bool(idx[-1] - idx[0] + 1 == idx.size)
+
+    def edge(inside: float, outside: float) -> float:
+        for _ in range(60):
+            if abs(inside - outside) <= 1e-6 * scale:
+                break
+            mid = 0.5 * (inside + outside)
+            if p_of(mid) > alpha:
+                inside = mid
+            else:
+                outside = mid
+        return inside
+
+    lo = -np.inf if ok[0] else edge(taus[idx[0]], taus[idx[0] - 1])
+    hi = np.inf if ok[-1] else edge(taus[idx[-1]], taus[idx[-1] + 1])
+    return float(lo), float(hi), one_piece
 
 
 # --- leave one out -----------------------------------------------------------------------------

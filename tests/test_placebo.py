@@ -189,3 +189,72 @@ def test_leave_one_out(province):
     bj = province.loc[province["province"] == "Beijing", "unit"].iloc[0]
     ref = TWFE("lnce").fit(province[province["unit"] != bj]).estimate
     assert e.terms.set_index("term").loc["drop Beijing", "estimate"] == ref
+
+
+# --- Fisher's interval: the randomization test inverted over constant effects ---------------
+
+def _shifted(panel, tau, outcome="lnce"):
+    out = panel.copy()
+    out[outcome] = out[outcome] - tau * out["d"]
+    return out
+
+
+@pytest.mark.parametrize("se", ["cluster", "robust", "conventional"])
+@pytest.mark.parametrize("statistic", ["t", "coef"])
+@pytest.mark.parametrize("data,controls", [("null_panel", ()), ("staggered", ("lnpgdp", "lnes")),
+                                           ("unbalanced", ("lnpgdp",))])
+def test_each_tau_is_the_test_on_the_shifted_outcome(request, se, statistic, data, controls):
+    """The parts at tau give the statistics the generic loop computes by refitting every
+    permuted panel with outcome y - tau d (the sharp null of a constant effect tau)."""
+    from estimators.placebo import twfe_permutation_parts
+
+    panel = request.getfixturevalue(data)
+    base = TWFE("lnce", controls=controls, se=se)
+    ri = RandomizationInference(base, n_perm=25, statistic=statistic, fast=False)
+    draws, _ = ri.assignments(panel, np.random.default_rng(4))
+    parts = twfe_permutation_parts(base, panel, draws)
+    for tau in (-0.4, 0.15):
+        shifted = _shifted(panel, tau)
+        slow = ri.slow_stats(shifted, draws)
+        np.testing.assert_allclose(parts.stats(statistic, tau), slow, rtol=1e-8, atol=1e-10)
+
+
+def test_fisher_interval_edges_are_where_the_test_starts_rejecting(null_panel):
+    ri = RandomizationInference(TWFE("lnce"), n_perm=199)
+    est = ri.fit(null_panel, np.random.default_rng(3))
+    lo, hi = est.conf_low, est.conf_high
+    assert np.isfinite(lo) and np.isfinite(hi) and lo < est.estimate < hi
+    assert "Fisher" in est.notes[0]
+    assert est.diagnostics["base_conf_low"] != lo
+    eps = 1e-3 * est.std_error
+
+    def p_at(tau):  # the full test (actual fit and generic loop) on y - tau d
+        r = RandomizationInference(TWFE("lnce"), n_perm=199, fast=False).run(
+            _shifted(null_panel, tau), np.random.default_rng(3))
+        return r.estimate.p_value
+
+    assert p_at(lo + eps) > 0.05 >= p_at(lo - eps)
+    assert p_at(hi - eps) > 0.05 >= p_at(hi + eps)
+
+
+def test_other_base_estimators_report_no_interval(staggered):
+    es = EventStudy("lnce", leads=3, lags=3)
+    est = RandomizationInference(es, n_perm=20).fit(staggered, np.random.default_rng(0))
+    assert np.isnan(est.conf_low) and np.isnan(est.conf_high)
+    assert "no interval" in est.notes[0]
+    assert np.isfinite(est.diagnostics["base_conf_low"])
+
+
+def test_fisher_interval_covers_a_constant_effect_at_the_nominal_rate():
+    """6 random pilots of 30, a constant effect of -0.3: Fisher's interval is exact under
+    the sharp null (coverage within the binomial band around 95%)."""
+    n = 150
+    covered = []
+    for s in range(n):
+        panel = draw_province(np.random.default_rng(3000 + s),
+                              assignment=Assignment(kind="random"), effect=Effect(att=-0.3))
+        est = RandomizationInference(TWFE("lnce"), n_perm=199).fit(panel,
+                                                                   np.random.default_rng(s))
+        covered.append(est.conf_low <= -0.3 <= est.conf_high)
+    lo, hi = binomial_band(0.95, n)
+    assert lo <= np.mean(covered) <= hi
