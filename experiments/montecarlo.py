@@ -51,6 +51,95 @@ def replicate_seed(seed: int, rep: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(seed, spawn_key=(rep,))
 
 
+# SeedSequence's hashing constants (numpy/random/bit_generator.pyx), for the vectorised
+# seeding of replicate_generators
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_L, _MIX_R, _M32 = 0xCA01F9DD, 0x4973F715, 0xFFFFFFFF
+
+
+class _ReplicateSeed(np.random.bit_generator.ISpawnableSeedSequence):
+    """``SeedSequence(seed, spawn_key=(rep,))`` whose PCG64 seed (``generate_state(4,
+    uint64)``) was computed ahead, with the others' for a batch; any other request goes to
+    the real seed sequence."""
+
+    __slots__ = ("seed", "rep", "state")
+
+    def __init__(self, seed: int, rep: int, state: np.ndarray) -> None:
+        self.seed, self.rep, self.state = seed, rep, state
+
+    def _real(self) -> np.random.SeedSequence:
+        return replicate_seed(self.seed, self.rep)
+
+    def generate_state(self, n_words: int, dtype: Any = np.uint32) -> np.ndarray:
+        if n_words == 4 and np.dtype(dtype) == np.uint64:
+            return self.state.copy()
+        return self._real().generate_state(n_words, dtype)
+
+    def spawn(self, n_children: int) -> list[np.random.SeedSequence]:
+        return self._real().spawn(n_children)
+
+
+def _pcg64_seeds(seed: int, reps: np.ndarray) -> np.ndarray:
+    """``SeedSequence(seed, spawn_key=(r,)).generate_state(4, np.uint64)`` for every ``r``
+    in ``reps`` (all below 2**32), ``(len(reps), 4)``: numpy's algorithm (entropy words,
+    pool of four mixed by hashmix / mix, then the output hash), in uint32 arithmetic over
+    the replicates at once."""
+    words = []
+    n = seed
+    while True:  # the seed's little-endian 32-bit words ([0] for 0)
+        words.append(n & _M32)
+        n >>= 32
+        if n == 0:
+            break
+    words += [0] * (4 - len(words)) if len(words) < 4 else []  # padded: a spawn key follows
+    u32 = np.uint32
+    entropy = [np.full(reps.size, w, dtype=u32) for w in words] + [reps.astype(u32)]
+    hc = _INIT_A
+
+    def hashmix(value: np.ndarray) -> np.ndarray:
+        nonlocal hc
+        value = value ^ u32(hc)
+        hc = (hc * _MULT_A) & _M32
+        value = value * u32(hc)
+        return value ^ (value >> u32(16))
+
+    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        r = u32(_MIX_L) * x - u32(_MIX_R) * y
+        return r ^ (r >> u32(16))
+
+    pool = [hashmix(entropy[i]) for i in range(4)]
+    for i_src in range(4):
+        for i_dst in range(4):
+            if i_src != i_dst:
+                pool[i_dst] = mix(pool[i_dst], hashmix(pool[i_src]))
+    for i_src in range(4, len(entropy)):
+        for i_dst in range(4):
+            pool[i_dst] = mix(pool[i_dst], hashmix(entropy[i_src]))
+    out = np.empty((reps.size, 8), dtype=u32)
+    hb = _INIT_B
+    for i in range(8):
+        v = pool[i % 4] ^ u32(hb)
+        hb = (hb * _MULT_B) & _M32
+        v = v * u32(hb)
+        out[:, i] = v ^ (v >> u32(16))
+    return out.astype("<u4").view("<u8").astype(np.uint64)
+
+
+def replicate_generators(seed: int, reps: Sequence[int]) -> list[np.random.Generator]:
+    """``np.random.default_rng(replicate_seed(seed, r))`` for every ``r`` in ``reps``: the
+    same generators (the same streams, bit for bit; ``tests/test_batch.py``), their PCG64
+    seeds hashed for all replicates at once instead of one SeedSequence each (which cost
+    more than drawing a province panel's outcome)."""
+    arr = np.asarray(list(reps), dtype=np.int64)
+    if (seed < 0 or arr.size == 0 or (arr < 0).any() or (arr >= 2**32).any()
+            or np.random.PCG64 is not np.random.default_rng(0).bit_generator.__class__):
+        return [np.random.default_rng(replicate_seed(seed, int(r))) for r in arr]
+    with np.errstate(over="ignore"):
+        states = _pcg64_seeds(int(seed), arr)
+    return [np.random.Generator(np.random.PCG64(_ReplicateSeed(seed, int(r), st)))
+            for r, st in zip(arr, states)]
+
+
 def estimator_seed(seed: int, rep: int, label: str) -> np.random.SeedSequence:
     """The seed sequence of an estimator's own randomness in replicate ``rep``, keyed by its
     label (crc32, stable across processes and Python versions)."""
@@ -216,7 +305,7 @@ def _run_batch(design: Design, seed: int, reps: list[int], draw_batch: Callable[
     """Replicates ``reps`` on the batched path: the block of rows of :func:`run_reps`, with
     sort keys ``_pos`` (replicate position), ``_est`` (estimator) and ``_row`` (row of the
     fit)."""
-    batch = draw_batch([np.random.default_rng(replicate_seed(seed, r)) for r in reps])
+    batch = draw_batch(replicate_generators(seed, reps))
     n_b = len(reps)
     rep_arr = np.asarray(reps, dtype=np.int64)
     blocks: list[dict[str, np.ndarray]] = []

@@ -334,3 +334,22 @@ def test_a_collinear_replicate_is_handed_back(monkeypatch, engine):
     for b in (0, 2):
         assert res.headline["estimate"][b] == pytest.approx(est.fit(batch.frame(b)).estimate,
                                                             rel=1e-10)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 20261128, 2**32 - 1, 2**32, 2**64 + 3, 2**130 + 17])
+def test_replicate_generators_are_the_replicate_seeds_streams(seed):
+    """The batched path's generators (PCG64 seeds hashed for a batch at once) are
+    ``default_rng(replicate_seed(seed, r))`` bit for bit; replicates past 2**32 take the
+    plain route; spawning still works."""
+    from experiments.montecarlo import replicate_generators
+
+    reps = [0, 1, 5, 63, 1000, 2**31, 2**32 - 1]
+    for r, g in zip(reps, replicate_generators(seed, reps)):
+        ref = np.random.default_rng(replicate_seed(seed, r))
+        np.testing.assert_array_equal(g.standard_normal(40), ref.standard_normal(40))
+        np.testing.assert_array_equal(g.integers(0, 2**62, 5), ref.integers(0, 2**62, 5))
+    far = replicate_generators(seed, [2**32 + 1])[0]
+    np.testing.assert_array_equal(far.random(5), np.random.default_rng(
+        replicate_seed(seed, 2**32 + 1)).random(5))
+    child = replicate_generators(seed, [3])[0].bit_generator.seed_seq.spawn(1)[0]
+    assert child.spawn_key == (3, 0)
