@@ -125,6 +125,10 @@ def _pcg64_seeds(seed: int, reps: np.ndarray) -> np.ndarray:
     return out.astype("<u4").view("<u8").astype(np.uint64)
 
 
+#: whether default_rng builds on PCG64 (the seeding replicate_generators reproduces)
+_DEFAULT_IS_PCG64 = type(np.random.default_rng(0).bit_generator) is np.random.PCG64
+
+
 def replicate_generators(seed: int, reps: Sequence[int]) -> list[np.random.Generator]:
     """``np.random.default_rng(replicate_seed(seed, r))`` for every ``r`` in ``reps``: the
     same generators (the same streams, bit for bit; ``tests/test_batch.py``), their PCG64
@@ -132,7 +136,7 @@ def replicate_generators(seed: int, reps: Sequence[int]) -> list[np.random.Gener
     more than drawing a province panel's outcome)."""
     arr = np.asarray(list(reps), dtype=np.int64)
     if (seed < 0 or arr.size == 0 or (arr < 0).any() or (arr >= 2**32).any()
-            or np.random.PCG64 is not np.random.default_rng(0).bit_generator.__class__):
+            or not _DEFAULT_IS_PCG64):
         return [np.random.default_rng(replicate_seed(seed, int(r))) for r in arr]
     with np.errstate(over="ignore"):
         states = _pcg64_seeds(int(seed), arr)
